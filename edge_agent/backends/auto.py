@@ -1,0 +1,79 @@
+"""``backend: auto`` (SPEC §3): the fastest backend this machine and this bundle allow.
+
+Order: coral (an EdgeTPU attached and an edgetpu artifact), openvino on MYRIAD (an NCS2),
+tflite, openvino on CPU, then onnx and opencv as last resorts. Each candidate is tried for
+real (loaded); every choice and every fallback is logged with its reason and returned, so the
+service can publish a ``backend_fallback`` event.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Tuple
+
+from ..bundle import Bundle
+from ..errors import BackendError
+from . import registry
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+CANDIDATES: Tuple[Tuple[str, Optional[str]], ...] = (
+    ("coral", None),
+    ("openvino", "MYRIAD"),
+    ("tflite", None),
+    ("openvino", "CPU"),
+    ("onnx", None),
+    ("opencv", None),
+)
+ARTIFACT_OF = {"coral": ("edgetpu",), "tflite": ("tflite",), "openvino": ("openvino",), "onnx": ("onnx",),
+               "opencv": ("opencv", "onnx")}
+
+
+@dataclass
+class Choice:
+    backend: Backend
+    reasons: List[str] = field(default_factory=list)  # why each earlier candidate was skipped
+
+
+def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str]]:
+    """(backend, device, why-skipped-or-empty) for every candidate, for a bundle with
+    artifacts of ``artifact_runtimes``, without loading anything."""
+    have = set(artifact_runtimes)
+    out = []
+    for name, device in CANDIDATES:
+        wanted = ARTIFACT_OF[name]
+        if not have.intersection(wanted):
+            out.append((name, device, f"the bundle has no {'/'.join(wanted)} artifact"))
+            continue
+        probe = registry.backend_class(name).probe()
+        if not probe.available:
+            out.append((name, device, probe.reason))
+        elif device and device not in probe.devices:
+            extra = f"; {probe.reason}" if probe.reason else ""
+            out.append((name, device, f"no {device} device (found: {', '.join(probe.devices) or 'none'}){extra}"))
+        else:
+            out.append((name, device, ""))
+    return out
+
+
+def choose(bundle: Bundle, threads: Optional[int] = None) -> Choice:
+    reasons: List[str] = []
+    for name, device, skip in plan(a.runtime for a in bundle.manifest.artifacts):
+        label = f"{name}" + (f" on {device}" if device else "")
+        if skip:
+            reasons.append(f"{label}: {skip}")
+            log.info("auto: skipping %s: %s", label, skip)
+            continue
+        backend = registry.create(name, device=device, threads=threads)
+        try:
+            backend.load(bundle)
+        except BackendError as e:
+            reasons.append(f"{label}: {e}")
+            log.warning("auto: %s failed to load, falling back: %s", label, e)
+            backend.close()
+            continue
+        log.info("auto: chose %s%s", label, f" (after: {'; '.join(reasons)})" if reasons else "")
+        return Choice(backend, reasons)
+    raise BackendError("auto: no backend can run this bundle here: " + "; ".join(reasons))

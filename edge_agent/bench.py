@@ -1,0 +1,89 @@
+"""``edge-agent bench``: a backend's raw throughput and latency on one bundle.
+
+Latency is timed per inference with nothing else in flight; throughput then keeps
+``backend.max_in_flight`` inferences outstanding (what the NCS2 needs to reach its rate).
+Pre- and post-processing are timed separately, so the figures say where a frame's time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List
+
+import numpy as np
+
+from .backends.base import Pending
+from .detector import Detector
+
+
+def percentiles(samples_s: List[float]) -> Dict[str, float]:
+    a = np.asarray(samples_s, dtype=np.float64) * 1000.0
+    if a.size == 0:
+        return {}
+    return {
+        "mean": round(float(a.mean()), 3),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p90": round(float(np.percentile(a, 90)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "min": round(float(a.min()), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]:
+    backend = detector.backend
+    tensor, transform = detector.prepare(image)
+    detector.warm()
+
+    # Latency: one request at a time, half the time budget.
+    pre: List[float] = []
+    lat: List[float] = []
+    post: List[float] = []
+    deadline = time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline or not lat:
+        t0 = time.perf_counter()
+        tensor, transform = detector.prepare(image)
+        t1 = time.perf_counter()
+        outputs = backend.infer(tensor)
+        t2 = time.perf_counter()
+        detector.decode(outputs, transform)
+        t3 = time.perf_counter()
+        pre.append(t1 - t0)
+        lat.append(t2 - t1)
+        post.append(t3 - t2)
+
+    # Throughput: keep the backend's in-flight window full for the other half.
+    depth = max(1, backend.max_in_flight)
+    window: Deque[Pending] = deque()
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds / 2
+    while time.perf_counter() < deadline or done == 0:
+        while len(window) < depth:
+            window.append(backend.submit(tensor))
+        window.popleft().result()
+        done += 1
+    while window:
+        window.popleft().result()
+        done += 1
+    elapsed = time.perf_counter() - start
+
+    m = detector.bundle.manifest
+    art = backend.artifact
+    return {
+        "model": {"name": m.name, "version": m.version},
+        "backend": backend.name,
+        "accelerator": backend.accelerator,
+        "artifact": {"file": art.file, "precision": art.precision} if art else None,
+        "input": {"shape": list(backend.input.shape), "dtype": str(backend.input.dtype)},
+        "threads": backend.options.threads,
+        "in_flight": depth,
+        "throughput_fps": round(done / elapsed, 2),
+        "throughput_inferences": done,
+        "latency_ms": percentiles(lat),
+        "latency_samples": len(lat),
+        "preprocess_ms": percentiles(pre),
+        "decode_ms": percentiles(post),
+        "seconds": seconds,
+    }

@@ -1,0 +1,76 @@
+"""Ed25519 signatures over the exact bytes of manifest.json (SPEC §2).
+
+Keys are PEM: PKCS#8 private keys, SubjectPublicKeyInfo public keys. The same primitives
+sign command envelopes (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Sequence, Tuple, Union
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import EdgewatchError
+
+
+class SignatureError(EdgewatchError):
+    pass
+
+
+def generate_keypair() -> Tuple[bytes, bytes]:
+    """(private PEM, public PEM)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+def load_private_key(path: Union[str, Path]) -> Ed25519PrivateKey:
+    p = Path(path)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise SignatureError(f"{p}: not a readable unencrypted PEM private key: {e}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{p}: not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: Union[str, Path]) -> Ed25519PublicKey:
+    p = Path(path)
+    try:
+        key = serialization.load_pem_public_key(p.read_bytes())
+    except (OSError, ValueError) as e:
+        raise SignatureError(f"{p}: not a readable PEM public key: {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{p}: not an Ed25519 public key")
+    return key
+
+
+def sign(data: bytes, key: Ed25519PrivateKey) -> bytes:
+    """base64 of the Ed25519 signature, as stored in manifest.sig."""
+    return base64.b64encode(key.sign(data))
+
+
+def verify(data: bytes, signature_b64: bytes, keys: Sequence[Ed25519PublicKey]) -> bool:
+    """True when the signature verifies against any of ``keys``."""
+    try:
+        raw = base64.b64decode(signature_b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    for key in keys:
+        try:
+            key.verify(raw, data)
+            return True
+        except InvalidSignature:
+            continue
+    return False

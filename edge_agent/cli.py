@@ -1,0 +1,171 @@
+"""``edge-agent``: the device command line (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+
+from . import __version__
+from .backends import registry
+from .backends.auto import ARTIFACT_OF, choose, plan
+from .backends.base import Backend
+from .bundle import Bundle, load_bundle
+from .detector import Detector, Thresholds
+from .errors import EdgewatchError
+from .messages import DetectionMessage
+
+log = logging.getLogger("edge_agent")
+
+ARTIFACT_RUNTIMES = {
+    "tflite": ["tflite"],
+    "coral": ["edgetpu"],
+    "openvino": ["openvino", "onnx"],
+    "onnx": ["onnx"],
+    "opencv": ["opencv", "onnx"],
+}
+
+
+def open_detector(
+    bundle_dir: str,
+    backend: str = "auto",
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    thresholds: Optional[Thresholds] = None,
+) -> Tuple[Detector, List[str]]:
+    """Load a bundle on a backend; returns the detector and auto's fallback reasons."""
+    bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend))
+    reasons: List[str] = []
+    be: Backend
+    if backend == "auto":
+        if device is not None:
+            raise EdgewatchError("--device needs an explicit --backend (auto picks devices itself)")
+        choice = choose(bundle, threads=threads)
+        be, reasons = choice.backend, choice.reasons
+    else:
+        be = registry.create(backend, device=device, threads=threads)
+        be.load(bundle)
+    try:
+        return Detector(bundle, be, thresholds), reasons
+    except Exception:
+        be.close()
+        raise
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, help="bundle directory (holds manifest.json)")
+    p.add_argument("--backend", default="auto", help="auto | " + " | ".join(registry.available_names()))
+    p.add_argument("--device", default=None, help='e.g. "usb:0", "pci", "MYRIAD", "CPU", "GPU", "AUTO"')
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    thresholds = Thresholds(score_threshold=args.score_threshold, iou_threshold=args.iou_threshold)
+    detector, _ = open_detector(args.bundle, args.backend, args.device, args.threads, thresholds)
+    status = 0
+    try:
+        for name in args.images:
+            image = cv2.imread(name, cv2.IMREAD_COLOR)
+            if image is None:
+                why = "no such file" if not Path(name).exists() else "not an image OpenCV can read"
+                print(f"edge-agent: {name}: {why}", file=sys.stderr)
+                status = 1
+                continue
+            result = detector.detect(image)
+            msg = DetectionMessage(
+                file=name,
+                model=detector.model,
+                backend=detector.backend.name,
+                image=result.image,
+                latency_ms=result.latency,
+                detections=result.detections,
+            )
+            print(json.dumps(msg.to_json_dict()), flush=True)
+    finally:
+        detector.backend.close()
+    return status
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    probes = [registry.backend_class(n).probe().as_dict() for n in registry.available_names()]
+    out: dict = {"agent_version": __version__, "backends": probes}
+    if args.bundle:
+        runtimes = [a.runtime for a in load_bundle(args.bundle, verify=False).manifest.artifacts]
+    else:
+        runtimes = sorted({r for rs in ARTIFACT_OF.values() for r in rs})
+        out["assumed_artifacts"] = runtimes
+    steps = plan(runtimes)
+    pick = next(((n, d) for n, d, skip in steps if not skip), None)
+    out["auto"] = {
+        "backend": pick[0] if pick else None,
+        "device": pick[1] if pick else None,
+        "skipped": [f"{n}{' on ' + d if d else ''}: {skip}" for n, d, skip in steps if skip],
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .sources.synthetic import SceneGenerator
+
+    detector, reasons = open_detector(args.bundle, args.backend, args.device, args.threads)
+    try:
+        gen = SceneGenerator(width=args.width, height=args.height, seed=0)
+        image, _ = gen.render(0)
+        report = bench.run(detector, image, args.seconds)
+        if reasons:
+            report["auto_skipped"] = reasons
+        print(json.dumps(report, indent=2 if args.pretty else None))
+    finally:
+        detector.backend.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="edgewatch edge detection agent")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug (to stderr)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("detect", help="detect objects in image files, one JSON line per image")
+    _add_model_args(p)
+    p.add_argument("--score-threshold", type=float, default=None)
+    p.add_argument("--iou-threshold", type=float, default=None)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("devices", help="runtimes and accelerators found, and what auto would pick")
+    p.add_argument("--bundle", default=None, help="decide auto's pick for this bundle's artifacts")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("bench", help="a backend's raw throughput and latency, as JSON")
+    _add_model_args(p)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--width", type=int, default=640, help="synthetic frame width")
+    p.add_argument("--height", type=int, default=480, help="synthetic frame height")
+    p.add_argument("--pretty", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except EdgewatchError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

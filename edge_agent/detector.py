@@ -1,0 +1,132 @@
+"""The model wrapper: a loaded backend plus the bundle's pre-processing and decoder.
+
+``Detector`` turns a BGR frame into labelled detections normalised to that frame. It owns no
+thread and no I/O; the service pipelines ``prepare`` / ``backend.submit`` / ``finish`` itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backends.base import Backend
+from .bundle import Bundle
+from .decoders import get_decoder, parse_params
+from .decoders.base import DecodeOptions, OutputTensor
+from .detection import Detection
+from .errors import DecoderError
+from .messages import BoxOut, DetectionOut, ImageSize, Latency, ModelRef
+from .preprocess import Preprocessor, Transform
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Overrides of the manifest's ``defaults`` (config or a ``set`` command); None keeps it."""
+
+    score_threshold: Optional[float] = None
+    iou_threshold: Optional[float] = None
+    max_detections: Optional[int] = None
+    labels: Optional[Tuple[str, ...]] = None  # report only these labels
+
+
+@dataclass(frozen=True)
+class Result:
+    detections: List[DetectionOut]
+    image: ImageSize
+    latency: Latency
+
+    def boxes(self) -> List[Tuple[str, float, Tuple[float, float, float, float]]]:
+        return [(d.label, d.score, (d.box.xmin, d.box.ymin, d.box.xmax, d.box.ymax)) for d in self.detections]
+
+
+class Detector:
+    def __init__(self, bundle: Bundle, backend: Backend, thresholds: Optional[Thresholds] = None):
+        """``backend`` must have loaded ``bundle``. Raises DecoderError/BackendError when the
+        model's tensors do not fit the manifest (input size, labels vs outputs)."""
+        self.bundle = bundle
+        self.backend = backend
+        m = bundle.manifest
+        self.labels = list(m.labels)
+        self.decoder = get_decoder(m.decoder.type)
+        self.params = parse_params(m.decoder.type, m.decoder.params)
+        where = f"{bundle.dir}/manifest.json"
+        try:
+            self.decoder.check([(o.name, o.shape) for o in backend.outputs], self.params, len(self.labels))
+        except DecoderError as e:
+            raise DecoderError(f"{where}: decoder {m.decoder.type}: {e}") from None
+        self.preprocess = Preprocessor(m.input, backend.input)
+        self.thresholds = thresholds or Thresholds()
+        self.options = self._options()
+
+    def _options(self) -> DecodeOptions:
+        d, t = self.bundle.manifest.defaults, self.thresholds
+        return DecodeOptions(
+            num_classes=len(self.labels),
+            input_width=self.preprocess.width,
+            input_height=self.preprocess.height,
+            score_threshold=d.score_threshold if t.score_threshold is None else t.score_threshold,
+            iou_threshold=d.iou_threshold if t.iou_threshold is None else t.iou_threshold,
+            max_detections=d.max_detections if t.max_detections is None else t.max_detections,
+        )
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self.options = self._options()
+
+    @property
+    def model(self) -> ModelRef:
+        return ModelRef(name=self.bundle.manifest.name, version=self.bundle.manifest.version)
+
+    def prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Transform]:
+        return self.preprocess(image)
+
+    def decode(self, outputs: Sequence[OutputTensor], transform: Transform) -> List[DetectionOut]:
+        raw: List[Detection] = self.decoder.decode(outputs, self.params, self.options)
+        wanted = self.thresholds.labels
+        out = []
+        for det in raw:
+            label = self.labels[det.class_id]
+            if wanted is not None and label not in wanted:
+                continue
+            b = transform.to_frame(det.box)
+            if b.xmax <= b.xmin or b.ymax <= b.ymin:
+                continue  # entirely in the letterbox padding
+            out.append(
+                DetectionOut(
+                    label=label,
+                    class_id=det.class_id,
+                    score=round(det.score, 4),
+                    box=BoxOut(
+                        xmin=round(b.xmin, 5), ymin=round(b.ymin, 5), xmax=round(b.xmax, 5), ymax=round(b.ymax, 5)
+                    ),
+                )
+            )
+        return out
+
+    def detect(self, image: np.ndarray) -> Result:
+        t0 = time.perf_counter()
+        tensor, transform = self.prepare(image)
+        t1 = time.perf_counter()
+        outputs = self.backend.infer(tensor)
+        t2 = time.perf_counter()
+        detections = self.decode(outputs, transform)
+        t3 = time.perf_counter()
+        return Result(
+            detections=detections,
+            image=ImageSize(width=int(image.shape[1]), height=int(image.shape[0])),
+            latency=Latency(inference=round((t2 - t1) * 1000, 2), total=round((t3 - t0) * 1000, 2)),
+        )
+
+    def warm(self) -> None:
+        """One inference on a grey frame; checks the real output shapes against the decoder."""
+        h, w = self.preprocess.height, self.preprocess.width
+        tensor, transform = self.prepare(np.full((h, w, 3), 114, np.uint8))
+        outputs = self.backend.infer(tensor)
+        try:
+            self.decoder.check([(o.name, tuple(o.data.shape)) for o in outputs], self.params, len(self.labels))
+        except DecoderError as e:
+            raise DecoderError(f"{self.bundle.dir}/manifest.json: decoder {self.decoder.type}: {e}") from None
+        self.decode(outputs, transform)
