@@ -95,7 +95,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     probes = [registry.backend_class(n).probe().as_dict() for n in registry.available_names()]
     out: dict = {"agent_version": __version__, "backends": probes}
     if args.bundle:
-        runtimes = [a.runtime for a in load_bundle(args.bundle, verify=False).manifest.artifacts]
+        runtimes: List[str] = [a.runtime for a in load_bundle(args.bundle, verify=False).manifest.artifacts]
     else:
         runtimes = sorted({r for rs in ARTIFACT_OF.values() for r in rs})
         out["assumed_artifacts"] = runtimes

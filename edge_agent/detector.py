@@ -100,7 +100,10 @@ class Detector:
                     class_id=det.class_id,
                     score=round(det.score, 4),
                     box=BoxOut(
-                        xmin=round(b.xmin, 5), ymin=round(b.ymin, 5), xmax=round(b.xmax, 5), ymax=round(b.ymax, 5)
+                        xmin=round(b.xmin, 5),
+                        ymin=round(b.ymin, 5),
+                        xmax=round(b.xmax, 5),
+                        ymax=round(b.ymax, 5),
                     ),
                 )
             )
@@ -126,7 +129,9 @@ class Detector:
         tensor, transform = self.prepare(np.full((h, w, 3), 114, np.uint8))
         outputs = self.backend.infer(tensor)
         try:
-            self.decoder.check([(o.name, tuple(o.data.shape)) for o in outputs], self.params, len(self.labels))
+            self.decoder.check(
+                [(o.name, tuple(o.data.shape)) for o in outputs], self.params, len(self.labels)
+            )
         except DecoderError as e:
             raise DecoderError(f"{self.bundle.dir}/manifest.json: decoder {self.decoder.type}: {e}") from None
         self.decode(outputs, transform)

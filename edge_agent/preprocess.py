@@ -45,7 +45,9 @@ class TensorSpec:
             return "NCHW"
         if c_last == 3:
             return "NHWC"
-        raise BackendError(f"input {self.name!r} shape {list(self.shape)}: cannot tell where the channels are")
+        raise BackendError(
+            f"input {self.name!r} shape {list(self.shape)}: cannot tell where the channels are"
+        )
 
     @property
     def hw(self) -> Tuple[int, int]:
@@ -116,7 +118,11 @@ def place(
     """Resize ``image`` into ``width`` x ``height`` (letterbox or stretch)."""
     fh, fw = image.shape[:2]
     if resize == "stretch":
-        out = image if (fw, fh) == (width, height) else cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        out = (
+            image
+            if (fw, fh) == (width, height)
+            else cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        )
         return out, Transform(fw, fh, width, height, width / fw, height / fh, 0.0, 0.0)
     r = min(width / fw, height / fh)
     nw, nh = max(1, int(round(fw * r))), max(1, int(round(fh * r)))
@@ -126,7 +132,13 @@ def place(
         out = resized
     else:
         out = cv2.copyMakeBorder(
-            resized, top, height - nh - top, left, width - nw - left, cv2.BORDER_CONSTANT, value=(pad_value,) * 3
+            resized,
+            top,
+            height - nh - top,
+            left,
+            width - nw - left,
+            cv2.BORDER_CONSTANT,
+            value=(pad_value,) * 3,
         )
     # The exact per-axis scale (nw/fw, not r) keeps the round trip exact after rounding.
     return out, Transform(fw, fh, width, height, nw / fw, nh / fh, float(left), float(top))

@@ -27,8 +27,13 @@ CANDIDATES: Tuple[Tuple[str, Optional[str]], ...] = (
     ("onnx", None),
     ("opencv", None),
 )
-ARTIFACT_OF = {"coral": ("edgetpu",), "tflite": ("tflite",), "openvino": ("openvino",), "onnx": ("onnx",),
-               "opencv": ("opencv", "onnx")}
+ARTIFACT_OF = {
+    "coral": ("edgetpu",),
+    "tflite": ("tflite",),
+    "openvino": ("openvino",),
+    "onnx": ("onnx",),
+    "opencv": ("opencv", "onnx"),
+}
 
 
 @dataclass
@@ -52,7 +57,9 @@ def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str
             out.append((name, device, probe.reason))
         elif device and device not in probe.devices:
             extra = f"; {probe.reason}" if probe.reason else ""
-            out.append((name, device, f"no {device} device (found: {', '.join(probe.devices) or 'none'}){extra}"))
+            out.append(
+                (name, device, f"no {device} device (found: {', '.join(probe.devices) or 'none'}){extra}")
+            )
         else:
             out.append((name, device, ""))
     return out

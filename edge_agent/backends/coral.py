@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from ..bundle import Artifact, Bundle
 from ..errors import BackendError, BackendUnavailable
 from . import litert
 from .base import Probe
@@ -42,7 +41,7 @@ def parse_device(device: Optional[str]) -> Dict[str, str]:
 def list_edgetpus() -> List[str]:
     """EdgeTPUs attached, as device strings (``usb:0``, ``pci:0``)."""
     try:  # Google's pycoral; the unrelated PyPI 'pycoral' has no such module and is skipped.
-        from pycoral.utils.edgetpu import list_edge_tpus  # type: ignore[import-not-found]
+        from pycoral.utils.edgetpu import list_edge_tpus
 
         found = list_edge_tpus()
         counts: Dict[str, int] = {}
@@ -107,7 +106,12 @@ class CoralBackend(TFLiteBackend):
         if lib:
             return Probe(cls.name, False, runtime=runtime, devices=devices, reason=lib)
         if not devices:
-            return Probe(cls.name, False, runtime=runtime, reason="no EdgeTPU attached (USB 1a6e:089a/18d1:9302 or /dev/apex_*)")
+            return Probe(
+                cls.name,
+                False,
+                runtime=runtime,
+                reason="no EdgeTPU attached (USB 1a6e:089a/18d1:9302 or /dev/apex_*)",
+            )
         return Probe(cls.name, True, runtime=runtime, devices=devices)
 
     @property
@@ -129,4 +133,6 @@ class CoralBackend(TFLiteBackend):
         try:
             return [load_delegate(options)]
         except (ValueError, RuntimeError, OSError) as e:
-            raise BackendUnavailable(f"coral: the EdgeTPU delegate failed to load on {self.options.device or 'auto'}: {e}") from None
+            raise BackendUnavailable(
+                f"coral: the EdgeTPU delegate failed to load on {self.options.device or 'auto'}: {e}"
+            ) from None

@@ -26,7 +26,8 @@ def interpreter_module() -> Tuple[Any, str]:
             continue
         return mod, f"{name.split('.')[0].replace('_', '-')} {_version(name.split('.')[0])}"
     raise BackendUnavailable(
-        "no TFLite runtime: pip install ai-edge-litert (Python >= 3.10) or tflite-runtime; " + "; ".join(errors)
+        "no TFLite runtime: pip install ai-edge-litert (Python >= 3.10) or tflite-runtime; "
+        + "; ".join(errors)
     )
 
 

@@ -91,7 +91,9 @@ def _spec(arg: Any, path: str, static: bool) -> TensorSpec:
     # A dynamic batch dimension is harmless: we always run one image.
     shape = [1 if (i == 0 and not isinstance(d, int)) else d for i, d in enumerate(arg.shape)]
     if static and not all(isinstance(d, int) for d in shape):
-        raise BackendError(f"{path}: input {arg.name!r} has a dynamic shape {list(arg.shape)}; export it static")
+        raise BackendError(
+            f"{path}: input {arg.name!r} has a dynamic shape {list(arg.shape)}; export it static"
+        )
     return TensorSpec(
         name=arg.name, shape=tuple(d if isinstance(d, int) else -1 for d in shape), dtype=np.dtype(dtype)
     )

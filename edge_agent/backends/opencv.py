@@ -76,7 +76,12 @@ class OpenCVBackend(Backend):
         try:
             if suffix == ".onnx":
                 net = cv2.dnn.readNetFromONNX(str(path))
-                shape = _onnx_input_shape(path) or (1, 3, bundle.manifest.input.height, bundle.manifest.input.width)
+                shape = _onnx_input_shape(path) or (
+                    1,
+                    3,
+                    bundle.manifest.input.height,
+                    bundle.manifest.input.width,
+                )
             elif suffix == ".pb":
                 net = cv2.dnn.readNetFromTensorflow(str(path), str(config) if config else "")
                 shape = (1, 3, bundle.manifest.input.height, bundle.manifest.input.width)
@@ -102,7 +107,7 @@ class OpenCVBackend(Backend):
         net.setPreferableTarget(target_id)
         if self.options.threads:
             cv2.setNumThreads(int(self.options.threads))
-        self._net = net
+        self._net: Any = net
         self._output_names = raw_layers or list(net.getUnconnectedOutLayersNames())
         self._input = TensorSpec(name="input", shape=tuple(shape), dtype=np.dtype(np.float32))
         # Output shapes are known only after a forward pass; run one now on zeros.

@@ -118,7 +118,9 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(xml), str(weights)) if weights else core.read_model(str(xml))
             compiled = core.compile_model(model, device, config)
         except RuntimeError as e:
-            raise BackendError(f"{xml}: OpenVINO {version} cannot load it on {device}: {_first_line(e)}") from None
+            raise BackendError(
+                f"{xml}: OpenVINO {version} cannot load it on {device}: {_first_line(e)}"
+            ) from None
         if len(compiled.inputs) != 1:
             raise BackendError(f"{xml}: expected one input, found {len(compiled.inputs)}")
         self._compiled = compiled

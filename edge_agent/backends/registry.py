@@ -57,7 +57,9 @@ def backend_class(name: str) -> Type[Backend]:
     return cls
 
 
-def create(name: str, device: Optional[str] = None, threads: Optional[int] = None, **extra: object) -> Backend:
+def create(
+    name: str, device: Optional[str] = None, threads: Optional[int] = None, **extra: object
+) -> Backend:
     cls = backend_class(name)
     try:
         options: BackendOptions = cls.Options(device=device, threads=threads, **extra)

@@ -14,7 +14,8 @@ from typing import Iterable, List, Optional, Union
 
 from pydantic import ValidationError
 
-from ..errors import BundleError
+from ..decoders import parse_params
+from ..errors import BundleError, DecoderError
 from .manifest import Artifact, Manifest
 
 MANIFEST = "manifest.json"
@@ -49,9 +50,16 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: the manifest must be a JSON object")
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as e:
         raise BundleError(f"{where}: {_describe(e)}") from None
+    # The decoder type and its params are part of the manifest's contract: check them now,
+    # not at the first frame.
+    try:
+        parse_params(manifest.decoder.type, manifest.decoder.params)
+    except DecoderError as e:
+        raise BundleError(f"{where}: decoder: {e}") from None
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,8 @@ def verify_files(directory: Path, artifacts: Iterable[Artifact]) -> None:
             actual_sha = sha256_file(path)
             if actual_sha != sha:
                 raise BundleError(
-                    f"{path}: sha256 {actual_sha} does not match the manifest's {sha} ({art.runtime} artifact)"
+                    f"{path}: sha256 {actual_sha} does not match the manifest's {sha} "
+                    f"({art.runtime} artifact)"
                 )
 
 

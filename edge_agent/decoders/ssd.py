@@ -84,7 +84,7 @@ def _layout(shapes: OutputShapes) -> _Layout:
     others = [i for i in rest if i not in rows]
     if len(rows) == 2 and len(others) == 1 and _size(shapes[others[0]][1]) == 1:
         count = others[0]
-    elif len(rows) == 3:  # N == 1 and count shaped [1, 1]: only the names can tell
+    elif len(rows) == 3 and n == 1:  # N == 1 and count shaped [1, 1]: only the names can tell
         named = [i for i in rows if re.search(r"num|count|:3$", shapes[i][0].lower())]
         require(len(named) == 1, f"ssd cannot tell the count output apart: {_describe(shapes)}")
         count = named[0]

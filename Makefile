@@ -1,0 +1,57 @@
+# edgewatch: `make test` and `make demo` do all of their own set-up on a fresh Debian or
+# Raspberry Pi OS machine (apt packages when missing, then a virtualenv in .venv).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Where the test fixtures keep the models they build (TensorFlow), reused between runs.
+export EDGEWATCH_TEST_MODELS ?= $(CURDIR)/.cache/test-models
+
+APT_PACKAGES := mosquitto
+
+.PHONY: test lint typecheck pytest venv apt demo clean test-py39 check-ov2022 bench
+
+test: venv lint typecheck pytest
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml | apt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[all]"
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m tests.models.build $(EDGEWATCH_TEST_MODELS)
+	$(VENV)/bin/edge-agent bench --bundle $(EDGEWATCH_TEST_MODELS)/shapes --backend tflite --seconds 10 --pretty
+
+# The device runtime on Python 3.9 with tflite-runtime (no TensorFlow), on models built above.
+test-py39:
+	scripts/test-py39.sh
+
+# Exported IR loads and matches in OpenVINO 2022.3 LTS (the last release with the NCS2 plugin).
+check-ov2022:
+	scripts/check-ov2022.sh
+
+clean:
+	rm -rf $(VENV) .cache .venv-py39 .venv-ov2022 *.egg-info

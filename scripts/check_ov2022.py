@@ -1,0 +1,54 @@
+"""Load the exported IR with the agent's openvino backend under OpenVINO 2022.3 and compare its
+outputs with the ONNX reference recorded when the model was built; run the DetectionOutput IR
+through the whole detector. Exits non-zero on any mismatch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.backends.openvino import OpenVINOBackend, import_openvino
+from edge_agent.bundle import load_bundle
+from edge_agent.detector import Detector
+
+
+def main(models: Path) -> int:
+    _, version = import_openvino()
+    print(f"OpenVINO {version} on Python {sys.version.split()[0]}")
+    if not version.startswith("2022.3"):
+        print(f"expected OpenVINO 2022.3, got {version}", file=sys.stderr)
+        return 1
+    bundle = load_bundle(models / "shapes")
+    ref = np.load(models / "shapes" / "reference.npz")
+    backend = OpenVINOBackend(device="CPU")
+    backend.load(bundle)
+    worst = 0.0
+    for x, expected in zip(ref["inputs"], ref["outputs"]):
+        got = backend.infer(x[None])[0].dequantized()
+        worst = max(worst, float(np.abs(got - expected).max()))
+    print(f"shapes model_fp16.xml: max |IR - ONNX| = {worst:.5f} over {len(ref['inputs'])} frames")
+    if worst > 0.02:
+        print("FP16 IR differs from the ONNX reference by more than 0.02", file=sys.stderr)
+        return 1
+    detector = Detector(bundle, backend)
+    detector.warm()
+
+    ovssd = load_bundle(models / "ovssd")
+    ssd_backend = OpenVINOBackend(device="CPU")
+    ssd_backend.load(ovssd)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:32, 32:48] = (0, 0, 255)  # red (BGR) in grid cell row 1, column 2
+    found = Detector(ovssd, ssd_backend).detect(image).detections
+    ok = len(found) == 1 and found[0].label == "red" and abs(found[0].box.xmin - 0.5) < 0.02
+    print(f"ovssd DetectionOutput: {[(d.label, d.score, d.box.model_dump()) for d in found]}")
+    if not ok:
+        print("DetectionOutput model did not find the red cell at x=0.5..0.75, y=0.25..0.5", file=sys.stderr)
+        return 1
+    print("OpenVINO 2022.3 check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

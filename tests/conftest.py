@@ -1,0 +1,60 @@
+"""Shared fixtures. Real model files come from tests/models/build.py (TensorFlow), built once
+into EDGEWATCH_TEST_MODELS and reused while the builder and the scene generator are unchanged.
+Environments without TensorFlow (the Python 3.9 device check) use what `make test` built."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(os.environ.get("EDGEWATCH_TEST_MODELS", ROOT / ".cache" / "test-models"))
+BUILD_INPUTS = [
+    "tests/models/build.py",
+    "edge_agent/sources/synthetic.py",
+    "edge_agent/preprocess.py",
+    "cloud_trainer/package.py",
+]
+
+
+def _key() -> str:
+    h = hashlib.sha256()
+    for rel in BUILD_INPUTS:
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _have_tensorflow() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    stamp = MODELS / "COMPLETE"
+    key = _key()
+    if stamp.is_file() and stamp.read_text().strip() == key:
+        return MODELS
+    if not _have_tensorflow():
+        if os.environ.get("EDGEWATCH_REQUIRE_MODELS"):
+            pytest.fail(f"test models missing or stale in {MODELS}; run `make test` (with TensorFlow) first")
+        pytest.skip("test models need TensorFlow to build")
+    MODELS.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    # A subprocess keeps TensorFlow (and its memory) out of the test process.
+    subprocess.run([sys.executable, "-m", "tests.models.build", str(MODELS)], cwd=ROOT, check=True)
+    stamp.write_text(key + "\n")
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle(models_dir: Path) -> Path:
+    return models_dir / "shapes"

@@ -1,0 +1,303 @@
+"""Every backend on real model files, and the errors of the ones whose hardware is absent."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+
+from edge_agent.backends import coral, registry
+from edge_agent.backends.auto import choose, plan
+from edge_agent.bundle import load_bundle
+from edge_agent.cli import open_detector
+from edge_agent.detector import Detector
+from edge_agent.errors import BackendError, BackendUnavailable, DecoderError
+from edge_agent.sources.synthetic import SceneGenerator
+
+
+def have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+needs_openvino = pytest.mark.skipif(not have("openvino"), reason="openvino not installed")
+needs_ort = pytest.mark.skipif(not have("onnxruntime"), reason="onnxruntime not installed")
+
+
+def red_in_cell(row: int, col: int, size: int = 64, cells: int = 4) -> np.ndarray:
+    image = np.zeros((size, size, 3), np.uint8)
+    k = size // cells
+    image[row * k : (row + 1) * k, col * k : (col + 1) * k] = (0, 0, 255)  # BGR red
+    return image
+
+
+# --- real models with known answers ---------------------------------------------------------
+def test_ssd_postprocess_model_on_tflite(models_dir: Path) -> None:
+    detector, _ = open_detector(str(models_dir / "ssd"), "tflite")
+    found = detector.detect(red_in_cell(1, 2)).detections
+    assert [d.label for d in found] == ["red"]
+    b = found[0].box
+    assert (b.xmin, b.ymin, b.xmax, b.ymax) == pytest.approx((0.5, 0.25, 0.75, 0.5), abs=1e-4)
+    # The outputs carry the converter's names, not the op's; the decoder found them by shape.
+    assert len(detector.backend.outputs) == 4
+
+
+@needs_openvino
+def test_detection_output_model_on_openvino(models_dir: Path) -> None:
+    detector, _ = open_detector(str(models_dir / "ovssd"), "openvino", device="CPU")
+    image = red_in_cell(3, 0)
+    image[0:16, 48:64] = (255, 0, 0)  # blue in row 0, column 3
+    found = sorted(detector.detect(image).detections, key=lambda d: d.label)
+    assert [d.label for d in found] == ["blue", "red"]
+    assert (found[0].box.xmin, found[0].box.ymin) == pytest.approx((0.75, 0.0), abs=1e-3)
+    assert (found[1].box.xmin, found[1].box.ymax) == pytest.approx((0.0, 1.0), abs=1e-3)
+
+
+# --- one bundle, every CPU runtime, same answers --------------------------------------------
+def _frames(n: int) -> List[np.ndarray]:
+    gen = SceneGenerator(width=640, height=480, seed=2024)
+    return [gen.render(i)[0] for i in range(n)]
+
+
+def _match(reference, other, min_score: float, min_side: float = 0.0) -> int:  # type: ignore[no-untyped-def]
+    """Every confident detection of ``reference`` (score well above the threshold, so rounding
+    cannot push it under) whose sides are at least ``min_side`` of the frame has one in
+    ``other`` with the same label and IoU >= 0.9. Returns how many were compared."""
+    from edge_agent.detection import Box
+
+    compared = 0
+    for d in reference:
+        a = Box(d.box.xmin, d.box.ymin, d.box.xmax, d.box.ymax)
+        if d.score < min_score or min(a.xmax - a.xmin, a.ymax - a.ymin) < min_side:
+            continue
+        ious = [
+            a.iou(Box(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax)) for o in other if o.label == d.label
+        ]
+        assert ious and max(ious) >= 0.9, f"{d} has no match (IoUs {ious})"
+        compared += 1
+    return compared
+
+
+@needs_openvino
+@needs_ort
+def test_tflite_openvino_onnx_agree(shapes_bundle: Path) -> None:
+    """One bundle through every CPU runtime on synthetic frames: the same detections.
+
+    The float runtimes (ONNX, OpenVINO FP16, OpenCV) must agree on every confident box. The
+    int8 TFLite model writes each normalised coordinate in steps of 1/255, so on a box narrower
+    than a tenth of the frame one step alone can cost more than 5% IoU; for it the IoU >= 0.9
+    rule applies to boxes whose sides are at least 15% of the frame, and labels must agree on all.
+    """
+    results = {}
+    for backend, device in (("tflite", None), ("openvino", "CPU"), ("onnx", None), ("opencv", None)):
+        detector, _ = open_detector(str(shapes_bundle), backend, device)
+        results[backend] = [detector.detect(f).detections for f in _frames(8)]
+        detector.backend.close()
+    assert sum(len(r) for r in results["onnx"]) >= 8, "the test model should find objects on synthetic frames"
+    for name in ("openvino", "opencv"):
+        for ref, other in zip(results["onnx"], results[name]):
+            _match(ref, other, 0.55)
+            _match(other, ref, 0.55)
+    compared = 0
+    for ref, other in zip(results["onnx"], results["tflite"]):
+        compared += _match(ref, other, 0.55, min_side=0.15)
+        _match(other, ref, 0.55, min_side=0.15)
+        assert {d.label for d in ref if d.score >= 0.55} <= {d.label for d in other}
+    assert compared >= 5
+
+
+def test_detector_refuses_labels_that_do_not_fit(shapes_bundle: Path, tmp_path: Path) -> None:
+    import json
+
+    d = tmp_path / "b"
+    shutil.copytree(shapes_bundle, d)
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["labels"].append("hexagon")
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(DecoderError, match=r"manifest.json: decoder yolov8: .*4 labels"):
+        open_detector(str(d), "tflite")
+
+
+# --- hardware that is absent here -----------------------------------------------------------
+def test_coral_without_library_says_so(shapes_bundle: Path, tmp_path: Path) -> None:
+    if coral.library_error() is None:
+        pytest.skip("libedgetpu is installed here")
+    probe = coral.CoralBackend.probe()
+    assert not probe.available and "libedgetpu.so.1 not found" in probe.reason
+    d = _with_fake_edgetpu_artifact(shapes_bundle, tmp_path)
+    with pytest.raises(BackendUnavailable, match="libedgetpu.so.1 not found.*libedgetpu1-std"):
+        registry.create("coral", device="usb:0").load(load_bundle(d))
+
+
+def test_coral_needs_an_edgetpu_artifact(shapes_bundle: Path) -> None:
+    with pytest.raises(BackendError, match="coral backend needs a edgetpu artifact; the bundle has tflite"):
+        registry.create("coral").load(load_bundle(shapes_bundle))
+
+
+def test_coral_bad_device_string() -> None:
+    with pytest.raises(BackendError, match="'usb0' is not one of usb, usb:N, pci, pci:N"):
+        coral.parse_device("usb0")
+    assert coral.parse_device("pci:1") == {"device": "pci:1"}
+    assert coral.parse_device(None) == {}
+
+
+def _fake_sysfs(root: Path, ids: List[tuple]) -> Path:
+    for i, (vendor, product) in enumerate(ids):
+        d = root / f"1-{i}"
+        d.mkdir(parents=True)
+        (d / "idVendor").write_text(vendor + "\n")
+        (d / "idProduct").write_text(product + "\n")
+    return root
+
+
+def _with_fake_edgetpu_artifact(shapes_bundle: Path, tmp_path: Path) -> Path:
+    """The shapes bundle plus its int8 model listed as an edgetpu artifact (the thinnest stand-in
+    for a compiled model: the delegate is what is mocked, the interpreter path stays real)."""
+    import json
+
+    from cloud_trainer.package import artifact_entry
+
+    d = tmp_path / "coral-bundle"
+    shutil.copytree(shapes_bundle, d)
+    shutil.copyfile(d / "model_int8.tflite", d / "model_int8_edgetpu.tflite")
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["artifacts"].append(artifact_entry("edgetpu", "int8", d / "model_int8_edgetpu.tflite"))
+    (d / "manifest.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_coral_device_enumeration_and_absent_device(monkeypatch, tmp_path: Path, shapes_bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    sysfs = _fake_sysfs(tmp_path / "usb", [("1d6b", "0002"), ("1a6e", "089a"), ("18d1", "9302")])
+    monkeypatch.setattr(coral, "SYSFS_USB", sysfs)
+    monkeypatch.setattr(coral, "DEV", tmp_path / "dev")
+    assert coral.list_edgetpus() == ["usb:0", "usb:1"]
+    monkeypatch.setattr(coral, "library_error", lambda: None)
+    d = _with_fake_edgetpu_artifact(shapes_bundle, tmp_path)
+    with pytest.raises(BackendUnavailable, match=r"no EdgeTPU at pci \(found: usb:0, usb:1\)"):
+        registry.create("coral", device="pci").load(load_bundle(d))
+    monkeypatch.setattr(coral, "SYSFS_USB", _fake_sysfs(tmp_path / "none", []))
+    with pytest.raises(BackendUnavailable, match=r"no EdgeTPU at any EdgeTPU \(found: none\)"):
+        registry.create("coral").load(load_bundle(d))
+
+
+def test_coral_delegate_path_runs_the_interpreter(monkeypatch, tmp_path: Path, shapes_bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a device 'present', the backend hands the delegate to the real interpreter; here the
+    delegate is None-equivalent (an empty list), everything else is the real code path."""
+    calls = []
+    monkeypatch.setattr(coral, "library_error", lambda: None)
+    monkeypatch.setattr(coral, "list_edgetpus", lambda: ["usb:0"])
+    monkeypatch.setattr(
+        coral.CoralBackend, "_delegates", lambda self: calls.append(self.options.device) or []
+    )
+    d = _with_fake_edgetpu_artifact(shapes_bundle, tmp_path)
+    backend = registry.create("coral", device="usb:0")
+    backend.load(load_bundle(d))
+    assert calls == ["usb:0"] and backend.artifact is not None and backend.artifact.runtime == "edgetpu"
+    assert backend.accelerator == "EdgeTPU usb:0"
+    detector = Detector(load_bundle(d), backend)
+    detector.warm()
+
+
+def test_coral_delegate_failure_is_reported(monkeypatch, tmp_path: Path, shapes_bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(coral, "library_error", lambda: None)
+    monkeypatch.setattr(coral, "list_edgetpus", lambda: ["usb:0"])
+
+    def fail(options):  # type: ignore[no-untyped-def]
+        raise ValueError("Failed to load delegate from libedgetpu.so.1")
+
+    monkeypatch.setattr(coral, "load_delegate", fail)
+    d = _with_fake_edgetpu_artifact(shapes_bundle, tmp_path)
+    with pytest.raises(
+        BackendUnavailable, match="EdgeTPU delegate failed to load on usb:0: Failed to load delegate"
+    ):
+        registry.create("coral", device="usb:0").load(load_bundle(d))
+
+
+@needs_openvino
+def test_openvino_myriad_absent_lists_devices(shapes_bundle: Path) -> None:
+    with pytest.raises(BackendUnavailable, match=r"device MYRIAD not found \(available: .*CPU.*\)"):
+        registry.create("openvino", device="MYRIAD").load(load_bundle(shapes_bundle))
+
+
+def test_unknown_backend_and_bad_options() -> None:
+    with pytest.raises(
+        BackendError, match="unknown backend 'tpu'; known: auto, coral, onnx, opencv, openvino, tflite"
+    ):
+        registry.create("tpu")
+    with pytest.raises(BackendError, match="bad options"):
+        registry.create("tflite", nonsense=1)
+
+
+def test_tflite_refuses_a_device(shapes_bundle: Path) -> None:
+    with pytest.raises(BackendError, match="tflite runs on the CPU; device 'MYRIAD'"):
+        registry.create("tflite", device="MYRIAD").load(load_bundle(shapes_bundle))
+
+
+# --- auto -----------------------------------------------------------------------------------
+def test_auto_falls_back_to_cpu_with_reasons(shapes_bundle: Path, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    d = _with_fake_edgetpu_artifact(shapes_bundle, tmp_path)
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    choice = choose(load_bundle(d))
+    assert choice.backend.name == "tflite"
+    reasons = " | ".join(choice.reasons)
+    assert "coral:" in reasons
+    assert "openvino on MYRIAD:" in reasons
+    log = caplog.text
+    assert "auto: skipping coral" in log and "auto: chose tflite" in log
+
+
+def test_auto_tries_the_next_when_a_load_fails(shapes_bundle: Path, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A tflite artifact that does not load: auto logs it and lands on the next candidate."""
+    import json
+
+    d = tmp_path / "broken-tflite"
+    shutil.copytree(shapes_bundle, d)
+    (d / "model_int8.tflite").write_bytes(b"\x00" * 64)
+    doc = json.loads((d / "manifest.json").read_text())
+    from cloud_trainer.package import artifact_entry
+
+    doc["artifacts"][0] = artifact_entry("tflite", "int8", d / "model_int8.tflite")
+    (d / "manifest.json").write_text(json.dumps(doc))
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    choice = choose(load_bundle(d))
+    assert choice.backend.name != "tflite"
+    assert any(r.startswith("tflite: ") and "cannot load" in r for r in choice.reasons)
+    assert "auto: tflite failed to load, falling back" in caplog.text
+
+
+def test_auto_plan_orders_candidates() -> None:
+    steps = plan(["tflite", "onnx"])
+    assert [(n, d) for n, d, _ in steps][:4] == [
+        ("coral", None),
+        ("openvino", "MYRIAD"),
+        ("tflite", None),
+        ("openvino", "CPU"),
+    ]
+    skipped = {n + (d or ""): why for n, d, why in steps}
+    assert skipped["coral"] == "the bundle has no edgetpu artifact"
+
+
+# --- plugins --------------------------------------------------------------------------------
+def test_third_party_backend_registers_by_entry_point(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A real distribution's entry point (a dist-info directory on sys.path)."""
+    pkg = tmp_path / "edgewatch_fake_plugin.py"
+    pkg.write_text(
+        "from edge_agent.backends.tflite import TFLiteBackend\n"
+        "class FakeBackend(TFLiteBackend):\n    name = 'fake'\n"
+    )
+    dist = tmp_path / "edgewatch_fake_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-fake-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgewatch.backends]\nfake = edgewatch_fake_plugin:FakeBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "fake" in registry.available_names()
+    assert registry.backend_class("fake").__name__ == "FakeBackend"
+    sys.modules.pop("edgewatch_fake_plugin", None)
