@@ -22,15 +22,23 @@ def main(models: Path) -> int:
         return 1
     bundle = load_bundle(models / "shapes")
     ref = np.load(models / "shapes" / "reference.npz")
-    backend = OpenVINOBackend(device="CPU")
+    # f32 on both sides: x86 CPUs with bf16 units would otherwise each round differently.
+    backend = OpenVINOBackend(device="CPU", inference_precision="f32")
     backend.load(bundle)
-    worst = 0.0
-    for x, expected in zip(ref["inputs"], ref["outputs"]):
+    # FP16 weights alone move a sigmoid output by up to ~0.03 from the float ONNX model, in
+    # current OpenVINO as much as in 2022.3; so 2022.3 is held to current OpenVINO's outputs
+    # (recorded when the model was built, both in f32) tightly, and to ONNX loosely.
+    vs_current = vs_onnx = 0.0
+    for x, onnx_out, current_out in zip(ref["inputs"], ref["outputs"], ref["openvino"]):
         got = backend.infer(x[None])[0].dequantized()
-        worst = max(worst, float(np.abs(got - expected).max()))
-    print(f"shapes model_fp16.xml: max |IR - ONNX| = {worst:.5f} over {len(ref['inputs'])} frames")
-    if worst > 0.02:
-        print("FP16 IR differs from the ONNX reference by more than 0.02", file=sys.stderr)
+        vs_current = max(vs_current, float(np.abs(got - current_out).max()))
+        vs_onnx = max(vs_onnx, float(np.abs(got - onnx_out).max()))
+    print(
+        f"shapes model_fp16.xml over {len(ref['inputs'])} frames: max |2022.3 - current OpenVINO| = "
+        f"{vs_current:.5f}, max |2022.3 - ONNX fp32| = {vs_onnx:.5f}"
+    )
+    if vs_current > 2e-3 or vs_onnx > 0.05:
+        print("OpenVINO 2022.3 outputs differ from the reference", file=sys.stderr)
         return 1
     detector = Detector(bundle, backend)
     detector.warm()

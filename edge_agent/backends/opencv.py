@@ -11,7 +11,6 @@ the ``yolov2`` and ``yolov3`` decoders take (SPEC §2), so every backend shares 
 
 from __future__ import annotations
 
-import configparser
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, List, Optional, Sequence, Tuple
@@ -45,15 +44,19 @@ def _onnx_input_shape(path: Path) -> Optional[Tuple[int, ...]]:
 
 
 def _darknet_input(cfg: Path) -> Tuple[int, int, int]:
-    """(channels, height, width) from the [net] section of a darknet cfg."""
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    text = cfg.read_text()
-    # darknet repeats section names ([convolutional] many times); only [net] is needed here.
-    head = text.split("[", 2)
-    net = "[" + head[1] if len(head) > 1 else ""
-    parser.read_string(net.split("\n[", 1)[0])
-    sec = parser["net"] if parser.has_section("net") else parser[parser.sections()[0]]
-    return int(sec.get("channels", "3")), int(sec.get("height", "416")), int(sec.get("width", "416"))
+    """(channels, height, width) from the [net] section that opens a darknet cfg."""
+    values = {}
+    for raw in cfg.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and values:
+            break  # the next section: [net] is done
+        if "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    try:
+        return int(values.get("channels", 3)), int(values["height"]), int(values["width"])
+    except (KeyError, ValueError):
+        raise BackendError(f"{cfg}: the [net] section needs integer width and height") from None
 
 
 class OpenCVBackend(Backend):

@@ -179,7 +179,11 @@ def build_shapes(out: Path, epochs: int = 60, images: int = 768) -> None:
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     frames = np.ascontiguousarray(xs[:4].transpose(0, 3, 1, 2))
     refs = [sess.run(None, {"images": frames[i : i + 1]})[0] for i in range(4)]
-    np.savez(out / "reference.npz", inputs=frames, outputs=np.stack(refs))
+    compiled = ov.Core().compile_model(
+        str(out / "model_fp16.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    ov_refs = [compiled(frames[i : i + 1])[0] for i in range(4)]
+    np.savez(out / "reference.npz", inputs=frames, outputs=np.stack(refs), openvino=np.stack(ov_refs))
 
 
 # --- SSD with TFLite_Detection_PostProcess ---------------------------------------------------
