@@ -3,16 +3,9 @@
 # files `make test` built (EDGEWATCH_TEST_MODELS). This is what a Pi on Debian 11 runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=$(scripts/find-python.sh 3.9)
 venv=.venv-py39
-if [ ! -f "$venv/.installed" ] || [ setup.cfg -nt "$venv/.installed" ]; then
-  rm -rf "$venv"
-  "$py" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  # tflite-runtime 2.14 is built against numpy 1.x
-  "$venv/bin/pip" install -q "numpy<2" -e ".[tflite,onnx]" pytest
-  touch "$venv/.installed"
-fi
+# tflite-runtime 2.14 is built against numpy 1.x
+scripts/make-venv.sh 3.9 "$venv" "numpy<2" -e ".[tflite,onnx]" pytest
 "$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 9), sys.version'
 "$venv/bin/python" -c 'import tflite_runtime, sys; print("tflite-runtime", tflite_runtime.__version__, "on", sys.version.split()[0])'
 if "$venv/bin/python" -c 'import tensorflow' 2>/dev/null; then echo "tensorflow must not be installed here" >&2; exit 1; fi
