@@ -247,3 +247,26 @@ def test_third_party_backend_registers_by_entry_point(tmp_path: Path, monkeypatc
     assert "fake" in registry.available_names()
     assert registry.backend_class("fake").__name__ == "FakeBackend"
     sys.modules.pop("edgewatch_fake_plugin", None)
+
+
+@needs_openvino
+def test_openvino_keeps_several_requests_in_flight(shapes_bundle: Path) -> None:
+    """submit() starts requests asynchronously; each result belongs to its own input."""
+    from edge_agent.preprocess import Preprocessor
+    from edge_agent.sources.synthetic import SceneGenerator
+
+    bundle = load_bundle(shapes_bundle)
+    backend = registry.create("openvino", device="CPU", num_requests=3)
+    backend.load(bundle)
+    assert backend.max_in_flight == 3
+    pre = Preprocessor(bundle.manifest.input, backend.input)
+    gen = SceneGenerator(width=640, height=480, seed=9)
+    tensors = [pre(gen.render(i)[0])[0] for i in range(6)]
+    expected = [backend.infer(t)[0].data for t in tensors]
+    pending = [backend.submit(t) for t in tensors[:3]]  # all three slots busy at once
+    got = [p.result()[0].data for p in pending]
+    pending = [backend.submit(t) for t in tensors[3:]]
+    got += [p.result()[0].data for p in pending]
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+    assert not np.allclose(expected[0], expected[1])  # different frames, different outputs
