@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -45,7 +45,7 @@ def _onnx_input_shape(path: Path) -> Optional[Tuple[int, ...]]:
 
 def _darknet_input(cfg: Path) -> Tuple[int, int, int]:
     """(channels, height, width) from the [net] section that opens a darknet cfg."""
-    values = {}
+    values: Dict[str, str] = {}
     for raw in cfg.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if line.startswith("[") and values:
