@@ -50,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `cloud-trainer inspect ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]
         done += 1
     elapsed = time.perf_counter() - start
 
-    m = detector.bundle.manifest
+    m = detector.manifest
     art = backend.artifact
     return {
         "model": {"name": m.name, "version": m.version},

@@ -51,7 +51,7 @@ def open_detector(
         be = registry.create(backend, device=device, threads=threads)
         be.load(bundle)
     try:
-        return Detector(bundle, be, thresholds), reasons
+        return Detector(bundle.manifest, be, thresholds, where=str(bundle.dir / "manifest.json")), reasons
     except Exception:
         be.close()
         raise
@@ -165,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-agent detect ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends.base import Backend
-from .bundle import Bundle
+from .bundle import Manifest
 from .decoders import get_decoder, parse_params
 from .decoders.base import DecodeOptions, OutputTensor
 from .detection import Detection
@@ -43,16 +43,23 @@ class Result:
 
 
 class Detector:
-    def __init__(self, bundle: Bundle, backend: Backend, thresholds: Optional[Thresholds] = None):
-        """``backend`` must have loaded ``bundle``. Raises DecoderError/BackendError when the
-        model's tensors do not fit the manifest (input size, labels vs outputs)."""
-        self.bundle = bundle
+    def __init__(
+        self,
+        manifest: Manifest,
+        backend: Backend,
+        thresholds: Optional[Thresholds] = None,
+        where: str = "manifest.json",
+    ):
+        """``backend`` must have loaded the model ``manifest`` describes; ``where`` names the
+        manifest in errors. Raises DecoderError/BackendError when the model's tensors do not
+        fit the manifest (input size, labels vs outputs)."""
+        self.manifest = manifest
         self.backend = backend
-        m = bundle.manifest
+        self.where = where
+        m = manifest
         self.labels = list(m.labels)
         self.decoder = get_decoder(m.decoder.type)
         self.params = parse_params(m.decoder.type, m.decoder.params)
-        where = f"{bundle.dir}/manifest.json"
         try:
             self.decoder.check([(o.name, o.shape) for o in backend.outputs], self.params, len(self.labels))
         except DecoderError as e:
@@ -62,7 +69,7 @@ class Detector:
         self.options = self._options()
 
     def _options(self) -> DecodeOptions:
-        d, t = self.bundle.manifest.defaults, self.thresholds
+        d, t = self.manifest.defaults, self.thresholds
         return DecodeOptions(
             num_classes=len(self.labels),
             input_width=self.preprocess.width,
@@ -78,7 +85,7 @@ class Detector:
 
     @property
     def model(self) -> ModelRef:
-        return ModelRef(name=self.bundle.manifest.name, version=self.bundle.manifest.version)
+        return ModelRef(name=self.manifest.name, version=self.manifest.version)
 
     def prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Transform]:
         return self.preprocess(image)
@@ -133,5 +140,5 @@ class Detector:
                 [(o.name, tuple(o.data.shape)) for o in outputs], self.params, len(self.labels)
             )
         except DecoderError as e:
-            raise DecoderError(f"{self.bundle.dir}/manifest.json: decoder {self.decoder.type}: {e}") from None
+            raise DecoderError(f"{self.where}: decoder {self.decoder.type}: {e}") from None
         self.decode(outputs, transform)

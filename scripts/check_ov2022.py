@@ -40,7 +40,7 @@ def main(models: Path) -> int:
     if vs_current > 2e-3 or vs_onnx > 0.05:
         print("OpenVINO 2022.3 outputs differ from the reference", file=sys.stderr)
         return 1
-    detector = Detector(bundle, backend)
+    detector = Detector(bundle.manifest, backend)
     detector.warm()
 
     ovssd = load_bundle(models / "ovssd")
@@ -48,7 +48,7 @@ def main(models: Path) -> int:
     ssd_backend.load(ovssd)
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:32, 32:48] = (0, 0, 255)  # red (BGR) in grid cell row 1, column 2
-    found = Detector(ovssd, ssd_backend).detect(image).detections
+    found = Detector(ovssd.manifest, ssd_backend).detect(image).detections
     ok = len(found) == 1 and found[0].label == "red" and abs(found[0].box.xmin - 0.5) < 0.02
     print(f"ovssd DetectionOutput: {[(d.label, d.score, d.box.model_dump()) for d in found]}")
     if not ok:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3server import s3, s3_endpoint  # noqa: F401  (fixtures: a real S3 endpoint on loopback)
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("EDGEWATCH_TEST_MODELS", ROOT / ".cache" / "test-models"))
 BUILD_INPUTS = [

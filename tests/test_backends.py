@@ -148,7 +148,7 @@ def test_coral_delegate_path_runs_the_interpreter(monkeypatch, tmp_path: Path, s
     backend.load(load_bundle(d))
     assert calls == ["usb:0"] and backend.artifact is not None and backend.artifact.runtime == "edgetpu"
     assert backend.accelerator == "EdgeTPU usb:0"
-    detector = Detector(load_bundle(d), backend)
+    detector = Detector(load_bundle(d).manifest, backend)
     detector.warm()
 
 

@@ -1,0 +1,109 @@
+"""Which output cells learn which object, and the loss.
+
+A cell is positive for an object when the cell's centre lies within one cell of the object's
+centre (both axes) and inside its box, on each head whose stride suits the object's size; a
+cell claimed by two objects goes to the smaller. Positives learn the class (focal loss against
+every other cell) and the box (L1 + GIoU on the decoded, normalised box).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .model import STRIDES, ModelSpec, cell_grid
+
+# The object sizes (max side, fraction of the input) each head learns; they overlap.
+SIZE_RANGES = {8: (0.0, 0.45), 16: (0.12, 1.01)}
+
+
+def encode(boxes: np.ndarray, spec: ModelSpec, grid: np.ndarray) -> np.ndarray:
+    """``boxes`` [K,5] (class, xmin, ymin, xmax, ymax) in input pixels -> targets [N, 4+C+1]:
+    normalised (cx, cy, w, h), one-hot class, positive flag."""
+    n, c = len(grid), spec.num_classes
+    target = np.zeros((n, 4 + c + 1), np.float32)
+    if len(boxes) == 0:
+        return target
+    size = float(spec.img_size)
+    col, row, g = grid[:, 0], grid[:, 1], grid[:, 2]
+    cell_cx, cell_cy = (col + 0.5) / g, (row + 0.5) / g
+    stride_of_cell = size / g
+    best_area = np.full(n, np.inf, np.float32)
+    for cls, x0, y0, x1, y1 in boxes:
+        x0, y0, x1, y1 = x0 / size, y0 / size, x1 / size, y1 / size
+        bw, bh = x1 - x0, y1 - y0
+        if bw <= 0 or bh <= 0:
+            continue
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(bw, bh)
+        heads = np.zeros(n, bool)
+        for stride in STRIDES:
+            lo, hi = SIZE_RANGES[stride]
+            if lo <= side < hi:
+                heads |= np.isclose(stride_of_cell, stride)
+        near = (np.abs(cell_cx - cx) < 1.0 / g) & (np.abs(cell_cy - cy) < 1.0 / g)
+        inside = (cell_cx > x0) & (cell_cx < x1) & (cell_cy > y0) & (cell_cy < y1)
+        # The cell holding the centre always learns the object, however thin it is.
+        home = (np.floor(cx * g) == col) & (np.floor(cy * g) == row)
+        pos = heads & ((near & inside) | home)
+        area = bw * bh
+        pos &= area < best_area
+        best_area[pos] = area
+        target[pos, :4] = (cx, cy, bw, bh)
+        target[pos, 4 : 4 + c] = 0.0
+        target[pos, 4 + int(cls)] = 1.0
+        target[pos, -1] = 1.0
+    return target
+
+
+def make_loss(spec: ModelSpec, box_weight: float = 5.0) -> Any:
+    import tensorflow as tf
+
+    c = spec.num_classes
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        pos = y_true[..., -1]
+        npos = tf.maximum(tf.reduce_sum(pos), 1.0)
+        # Focal loss on every cell's classes (alpha 0.25, gamma 2).
+        t = y_true[..., 4 : 4 + c]
+        p = tf.clip_by_value(y_pred[..., 4:], 1e-6, 1 - 1e-6)
+        ce = -(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p))
+        pt = t * p + (1 - t) * (1 - p)
+        alpha = t * 0.25 + (1 - t) * 0.75
+        cls_loss = tf.reduce_sum(alpha * (1 - pt) ** 2 * ce) / npos
+        # Box: L1 on (cx, cy, w, h) and GIoU, positives only.
+        tb, pb = y_true[..., :4], y_pred[..., :4]
+        l1 = tf.reduce_sum(tf.abs(tb - pb), -1)
+        giou = 1.0 - _giou(tb, pb)
+        box_loss = tf.reduce_sum((l1 + giou) * pos) / npos
+        return cls_loss + box_weight * box_loss
+
+    return loss
+
+
+def _giou(a: Any, b: Any) -> Any:
+    import tensorflow as tf
+
+    def corners(x: Any) -> Any:
+        return (
+            x[..., 0] - x[..., 2] / 2,
+            x[..., 1] - x[..., 3] / 2,
+            x[..., 0] + x[..., 2] / 2,
+            x[..., 1] + x[..., 3] / 2,
+        )
+
+    ax0, ay0, ax1, ay1 = corners(a)
+    bx0, by0, bx1, by1 = corners(b)
+    iw = tf.maximum(tf.minimum(ax1, bx1) - tf.maximum(ax0, bx0), 0.0)
+    ih = tf.maximum(tf.minimum(ay1, by1) - tf.maximum(ay0, by0), 0.0)
+    inter = iw * ih
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter + 1e-9
+    iou = inter / union
+    cw = tf.maximum(ax1, bx1) - tf.minimum(ax0, bx0)
+    ch = tf.maximum(ay1, by1) - tf.minimum(ay0, by0)
+    hull = cw * ch + 1e-9
+    return iou - (hull - union) / hull
+
+
+def cells(spec: ModelSpec) -> np.ndarray:
+    return cell_grid(spec)
