@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from edge_agent.preprocess import place
+
 PAD = 114
 
 
@@ -76,16 +78,17 @@ def prepare(
     Without ``rng`` it is the agent's plain letterbox (validation, evaluation)."""
     h, w = image.shape[:2]
     if rng is None or aug is None:
-        m = letterbox_matrix(w, h, size)
-    else:
-        t = aug.translate * size
-        m = letterbox_matrix(w, h, size, rng.uniform(*aug.scale), rng.uniform(-t, t), rng.uniform(-t, t))
+        # Exactly the agent's own letterbox, so calibration and validation see what devices see.
+        canvas, t = place(image, size, size, "letterbox", PAD)
+        m = np.array([[t.scale_x, 0, t.pad_x], [0, t.scale_y, t.pad_y]], np.float64)
+        return np.ascontiguousarray(canvas), transform_boxes(boxes, m, size, 0.0)
+    t = aug.translate * size
+    m = letterbox_matrix(w, h, size, rng.uniform(*aug.scale), rng.uniform(-t, t), rng.uniform(-t, t))
     canvas = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(PAD, PAD, PAD))
-    out = transform_boxes(boxes, m, size, aug.min_visible if aug else 0.0)
-    if rng is not None and aug is not None:
-        if rng.random() < aug.flip:
-            canvas = canvas[:, ::-1]
-            out = out.copy()
-            out[:, [1, 3]] = size - out[:, [3, 1]]
-        canvas = colour_jitter(np.ascontiguousarray(canvas), rng, aug)
+    out = transform_boxes(boxes, m, size, aug.min_visible)
+    if rng.random() < aug.flip:
+        canvas = canvas[:, ::-1]
+        out = out.copy()
+        out[:, [1, 3]] = size - out[:, [3, 1]]
+    canvas = colour_jitter(np.ascontiguousarray(canvas), rng, aug)
     return np.ascontiguousarray(canvas), out
