@@ -79,8 +79,8 @@ def prepare(
     h, w = image.shape[:2]
     if rng is None or aug is None:
         # Exactly the agent's own letterbox, so calibration and validation see what devices see.
-        canvas, t = place(image, size, size, "letterbox", PAD)
-        m = np.array([[t.scale_x, 0, t.pad_x], [0, t.scale_y, t.pad_y]], np.float64)
+        canvas, fit = place(image, size, size, "letterbox", PAD)
+        m = np.array([[fit.scale_x, 0, fit.pad_x], [0, fit.scale_y, fit.pad_y]], np.float64)
         return np.ascontiguousarray(canvas), transform_boxes(boxes, m, size, 0.0)
     t = aug.translate * size
     m = letterbox_matrix(w, h, size, rng.uniform(*aug.scale), rng.uniform(-t, t), rng.uniform(-t, t))
