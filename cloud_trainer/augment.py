@@ -16,8 +16,8 @@ PAD = 114
 
 @dataclass(frozen=True)
 class Augment:
-    scale: Tuple[float, float] = (0.6, 1.4)  # relative to the letterbox fit
-    translate: float = 0.2  # of the canvas, each way
+    scale: Tuple[float, float] = (0.75, 1.25)  # relative to the letterbox fit
+    translate: float = 0.1  # of the canvas, each way
     flip: float = 0.5
     hue: int = 8  # OpenCV hue units (0..180)
     saturation: Tuple[float, float] = (0.6, 1.4)

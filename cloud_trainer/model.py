@@ -3,7 +3,8 @@ operations all three accelerators run — Conv2D, DepthwiseConv2D, ReLU6, Add, C
 Reshape, Logistic (sigmoid), and nearest upsampling made of Concatenate + Reshape — so the
 EdgeTPU compiler maps the whole graph and OpenVINO's MYRIAD plugin takes every layer.
 
-Two heads (strides 8 and 16) over a small feature pyramid. Every cell predicts class scores
+Three heads (strides 8, 16 and 32) over a small feature pyramid: the stride-32 head sees
+enough of a large object to tell a circle from a square. Every cell predicts class scores
 and a box; the box is decoded inside the graph to normalised (cx, cy, w, h), so every output
 value lies in 0..1 and one int8 scale fits boxes and scores alike. The exported model ends in
 ``[1, 4 + C, N]``: the ``yolov8`` decoder with ``boxes: normalized`` (SPEC §2).
@@ -16,7 +17,7 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-STRIDES = (8, 16)
+STRIDES = (8, 16, 32)
 BACKBONES = ("tiny", "mobilenetv2")
 
 
@@ -146,7 +147,8 @@ def build(spec: ModelSpec, pretrained: bool = False, batch_size: Any = None) -> 
     p3 = _dw_block(p3, w, name="fpn3")
 
     outputs = []
-    for feat, grid, tag in ((p3, spec.grids[0], "s8"), (p4, spec.grids[1], "s16")):
+    heads = ((p3, spec.grids[0], "s8"), (p4, spec.grids[1], "s16"), (p5, spec.grids[2], "s32"))
+    for feat, grid, tag in heads:
         f = _dw_block(feat, w, name=f"head_{tag}")
         f = _dw_block(f, w, name=f"head_{tag}b")
         # Separate box and class convolutions: confident class logits span a wider range than

@@ -28,6 +28,7 @@ from .augment import PAD, Augment, prepare
 from .data.dataset import Dataset, Sample
 from .model import ModelSpec, build, cell_grid
 from .targets import encode, make_loss
+from .targets import width as target_width
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Batches:
         for start in range(0, len(order), self.batch):
             idx = order[start : start + self.batch]
             xs = np.empty((len(idx), self.spec.img_size, self.spec.img_size, 3), np.float32)
-            ys = np.empty((len(idx), self.spec.num_cells, 4 + self.spec.num_classes + 1), np.float32)
+            ys = np.empty((len(idx), self.spec.num_cells, target_width(self.spec)), np.float32)
             for j, i in enumerate(idx):
                 image, boxes = self.items[i]
                 canvas, placed = prepare(

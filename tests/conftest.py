@@ -16,18 +16,22 @@ from tests.s3server import s3, s3_endpoint  # noqa: F401  (fixtures: a real S3 e
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("EDGEWATCH_TEST_MODELS", ROOT / ".cache" / "test-models"))
+# What the built models depend on: the builder, the whole trainer, and the agent code it uses.
 BUILD_INPUTS = [
     "tests/models/build.py",
+    "cloud_trainer/**/*.py",
     "edge_agent/sources/synthetic.py",
     "edge_agent/preprocess.py",
-    "cloud_trainer/package.py",
+    "edge_agent/bundle/*.py",
 ]
 
 
 def _key() -> str:
     h = hashlib.sha256()
-    for rel in BUILD_INPUTS:
-        h.update((ROOT / rel).read_bytes())
+    for pattern in BUILD_INPUTS:
+        for path in sorted(ROOT.glob(pattern)):
+            h.update(path.relative_to(ROOT).as_posix().encode())
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

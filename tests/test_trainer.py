@@ -26,9 +26,9 @@ from edge_agent.preprocess import place  # noqa: E402
 def test_model_shapes_and_ops() -> None:
     spec = ModelSpec(num_classes=3, img_size=128)
     train_model, export = build(spec, batch_size=1)
-    assert spec.grids == [16, 8] and spec.num_cells == 320
-    assert tuple(train_model.output.shape) == (1, 320, 7)
-    assert tuple(export.output.shape) == (1, 7, 320)
+    assert spec.grids == [16, 8, 4] and spec.num_cells == 336
+    assert tuple(train_model.output.shape) == (1, 336, 7)
+    assert tuple(export.output.shape) == (1, 7, 336)
     allowed = {
         "InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "ReLU", "Add", "Concatenate",
         "Reshape", "Activation", "Lambda", "Permute",
@@ -41,27 +41,33 @@ def test_model_shapes_and_ops() -> None:
 def test_cell_grid_matches_output_order() -> None:
     spec = ModelSpec(num_classes=2, img_size=64)
     grid = cell_grid(spec)
-    assert grid.shape == (64 + 16, 3)
+    assert grid.shape == (64 + 16 + 4, 3)
     assert tuple(grid[0]) == (0, 0, 8) and tuple(grid[9]) == (1, 1, 8) and tuple(grid[64]) == (0, 0, 4)
+    assert tuple(grid[80]) == (0, 0, 2)
 
 
 def test_encode_assigns_cells_near_the_centre() -> None:
     spec = ModelSpec(num_classes=3, img_size=128)
     grid = cell_grid(spec)
-    # A 40x40 px square centred at (52, 52): max side 0.31 -> both heads learn it.
+    # A 40x40 px square centred at (52, 52): max side 0.31 -> the stride-16 and -32 heads learn it.
     t = encode(np.array([[2, 32, 32, 72, 72]], np.float32), spec, grid)
-    pos = np.nonzero(t[:, -1])[0]
+    pos = np.nonzero(t[:, 4 + 3])[0]
     assert len(pos) >= 2
     assert np.allclose(t[pos, :4], [52 / 128, 52 / 128, 40 / 128, 40 / 128])
     assert (t[pos, 4 + 2] == 1).all() and (t[pos, 4:6] == 0).all()
     g = grid[pos]
     cx, cy = (g[:, 0] + 0.5) / g[:, 2], (g[:, 1] + 0.5) / g[:, 2]
     assert (np.abs(cx - 52 / 128) < 1 / g[:, 2]).all() and (np.abs(cy - 52 / 128) < 1 / g[:, 2]).all()
-    # Two objects sharing a cell: the smaller keeps it.
-    both = encode(np.array([[0, 0, 0, 128, 128], [1, 56, 56, 72, 72]], np.float32), spec, grid)
-    home = int(np.nonzero((grid[:, 0] == 8) & (grid[:, 1] == 8) & (grid[:, 2] == 16))[0][0])
+    # Every cell inside the box knows the box it lies in (for the loss's ignore rule).
+    inside = np.nonzero(t[:, 4 + 3 + 5])[0]
+    assert set(pos) <= set(inside) and len(inside) > len(pos)
+    assert np.allclose(t[inside, 8:12], [52 / 128, 52 / 128, 40 / 128, 40 / 128])
+    # Two objects sharing a cell of the stride-16 head (both sizes suit it): the smaller keeps it.
+    both = encode(np.array([[0, 8, 8, 56, 56], [1, 24, 24, 40, 40]], np.float32), spec, grid)
+    home = int(np.nonzero((grid[:, 0] == 2) & (grid[:, 1] == 2) & (grid[:, 2] == 8))[0][0])
     assert both[home, 4 + 1] == 1 and both[home, 4] == 0
-    assert encode(np.zeros((0, 5), np.float32), spec, grid)[:, -1].sum() == 0
+    assert both[:, 4].sum() > 0  # the larger object still has cells of its own
+    assert encode(np.zeros((0, 5), np.float32), spec, grid)[:, 4 + 3].sum() == 0
 
 
 def test_plain_prepare_is_the_agents_letterbox() -> None:

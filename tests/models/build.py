@@ -1,193 +1,80 @@
 """Builds the real model files the runtime tests use (TensorFlow, dev environment only).
 
-Until cloud_trainer makes them, these stand in for trainer output:
-
-* ``shapes/``: a tiny anchor-free detector (yolov8 decoder, normalised boxes) trained for a
-  minute on the synthetic scene, exported to int8 TFLite, ONNX (NCHW input) and OpenVINO IR
-  FP16 (converted from the ONNX file, the path the trainer takes).
+* ``shapes/``: made by cloud_trainer (synth, train, export): the trainer's detector (yolov8
+  decoder, normalised boxes) as int8 TFLite, ONNX (NCHW input) and OpenVINO IR FP16.
 * ``ssd/``: a TFLite model ending in the real TFLite_Detection_PostProcess custom op. Its box
   encodings are zero (so each box is its anchor) and its class scores are the mean colour of
   each anchor's cell: a red patch in a cell is a known detection of class 0 at a known box.
 * ``ovssd/``: the same idea as OpenVINO IR with a DetectionOutput op.
 
 Run: ``python -m tests.models.build OUT_DIR``. Everything is seeded; the output directory also
-gets ``reference.npz`` (ONNX outputs on fixed frames) for the OpenVINO 2022.3 check.
+gets ``reference.npz`` (ONNX and OpenVINO outputs on fixed frames) for the OpenVINO 2022.3 check.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
 from cloud_trainer.package import artifact_entry, write_bundle
-from edge_agent.bundle.manifest import InputSpec
-from edge_agent.detection import Box
-from edge_agent.preprocess import TensorSpec, place, value_lut
-from edge_agent.sources.synthetic import SHAPE_LABELS, SceneGenerator
+from edge_agent.preprocess import TensorSpec
+from edge_agent.sources.synthetic import SceneGenerator
 
-IMG = 160
-GRID = IMG // 8
-LABELS = list(SHAPE_LABELS)
-C = len(LABELS)
-INPUT = {
-    "width": IMG,
-    "height": IMG,
-    "color": "rgb",
-    "resize": "letterbox",
-    "pad_value": 114,
-    "range": [0, 1],
-}
+SHAPES_IMAGES = 600
+SHAPES_EPOCHS = 30
+SHAPES_IMG = 160
 
 
-def scene_data(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Letterboxed RGB float images and per-cell targets [n, GRID*GRID, 4 + C + 1]."""
-    gen = SceneGenerator(width=640, height=480, seed=seed)
-    spec = InputSpec(**INPUT)  # type: ignore[arg-type]
-    lut = value_lut(spec, TensorSpec("x", (1, IMG, IMG, 3), np.dtype(np.float32)))
-    xs = np.zeros((n, IMG, IMG, 3), np.float32)
-    ys = np.zeros((n, GRID * GRID, 4 + C + 1), np.float32)
-    for i in range(n):
-        image, truths = gen.render(i)
-        placed, tf_ = place(image, IMG, IMG, "letterbox", 114)
-        xs[i] = lut[placed[..., ::-1]]
-        for t in truths:
-            x0, y0, x1, y1 = t.box
-            b = tf_.to_input(
-                Box(x0 / image.shape[1], y0 / image.shape[0], x1 / image.shape[1], y1 / image.shape[0])
-            )
-            cx, cy, w, h = (b.xmin + b.xmax) / 2, (b.ymin + b.ymax) / 2, b.xmax - b.xmin, b.ymax - b.ymin
-            cell = int(min(GRID - 1, cy * GRID)) * GRID + int(min(GRID - 1, cx * GRID))
-            ys[i, cell, :4] = (cx, cy, w, h)
-            ys[i, cell, 4 : 4 + C] = 0
-            ys[i, cell, 4 + t.class_id] = 1
-            ys[i, cell, -1] = 1
-    return xs, ys
+def build_shapes(out: Path) -> None:
+    """The runtime tests' main bundle, made by cloud_trainer itself: a synthetic dataset, a
+    short training at a small input size, and the trainer's export of int8 TFLite, OpenVINO
+    IR FP16 and ONNX, each checked by its device runtime."""
+    from cloud_trainer.data import synthesize
+    from cloud_trainer.pipeline import export_run
+    from cloud_trainer.train import TrainConfig, train
 
-
-def tiny_detector():  # type: ignore[no-untyped-def]
-    import tensorflow as tf
-
-    L = tf.keras.layers
-    inp = tf.keras.Input((IMG, IMG, 3), batch_size=None, name="images")
-
-    def conv(x, f, s=1, k=3):  # type: ignore[no-untyped-def]
-        return L.ReLU(6.0)(L.Conv2D(f, k, strides=s, padding="same")(x))
-
-    x = conv(inp, 16, 2)  # 80
-    x = conv(x, 24, 2)  # 40
-    x = conv(x, 32, 2)  # 20
-    x = conv(x, 48)
-    x = L.DepthwiseConv2D(3, padding="same")(x)
-    x = conv(x, 64, k=1)
-    x = conv(x, 48)
-    # Separate box and class convolutions: confident class logits span a far wider range than
-    # box logits, and sharing one int8 tensor would coarsen the boxes to the classes' scale.
-    box = L.Activation("sigmoid")(L.Conv2D(4, 1, padding="same")(x))
-    cls = L.Activation("sigmoid")(L.Conv2D(C, 1, padding="same")(x))
-    gy, gx = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
-    grid = np.stack([gx, gy], -1).reshape(1, GRID, GRID, 2).astype(np.float32)
-    # Box centre = (cell + sigmoid) / S; size = sigmoid (normalised): only Add/Mul/Logistic,
-    # and every output in 0..1 so one int8 scale fits boxes and scores alike.
-    xy = L.Lambda(lambda t: (t[..., :2] + grid) / GRID)(box)
-    wh = L.Lambda(lambda t: t[..., 2:4])(box)
-    out = L.Concatenate(-1)([xy, wh, cls])
-    out = L.Reshape((GRID * GRID, 4 + C))(out)
-    train_model = tf.keras.Model(inp, out)
-    export = tf.keras.Model(inp, L.Permute((2, 1))(out))  # [1, 4+C, N] as yolov8 exports
-    return train_model, export
-
-
-def detection_loss(y_true, y_pred):  # type: ignore[no-untyped-def]
-    import tensorflow as tf
-
-    pos = y_true[..., -1]
-    tcls = y_true[..., 4:-1]
-    pcls = tf.clip_by_value(y_pred[..., 4:], 1e-6, 1 - 1e-6)
-    bce = -(tcls * tf.math.log(pcls) + (1 - tcls) * tf.math.log(1 - pcls))
-    weight = 1.0 + 30.0 * pos[..., None]
-    cls_loss = tf.reduce_sum(bce * weight) / tf.cast(tf.shape(y_true)[0], tf.float32) / 20.0
-    box_err = tf.reduce_sum(tf.abs(y_true[..., :4] - y_pred[..., :4]), -1)
-    box_loss = tf.reduce_sum(box_err * pos) / tf.maximum(tf.reduce_sum(pos), 1.0)
-    return cls_loss + 20.0 * box_loss
-
-
-def build_shapes(out: Path, epochs: int = 60, images: int = 768) -> None:
-    import tensorflow as tf
-    import tf2onnx
-
-    tf.keras.utils.set_random_seed(1)
-    xs, ys = scene_data(images, seed=11)
-    train_model, export = tiny_detector()
-    train_model.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss=detection_loss)
-    flip = xs[:, :, ::-1, :]
-    ys_flip = ys.reshape(-1, GRID, GRID, 4 + C + 1)[:, :, ::-1, :].reshape(ys.shape).copy()
-    ys_flip[..., 0] = np.where(ys_flip[..., -1] > 0, 1 - ys_flip[..., 0], 0)
-    x_all, y_all = np.concatenate([xs, flip]), np.concatenate([ys, ys_flip])
-    train_model.fit(x_all, y_all, batch_size=32, epochs=epochs, verbose=0, shuffle=True)
-
-    out.mkdir(parents=True, exist_ok=True)
-
-    def rep():  # type: ignore[no-untyped-def]
-        for i in range(0, 200):
-            yield [xs[i : i + 1]]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(export)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.uint8
-    conv.inference_output_type = tf.uint8
-    (out / "model_int8.tflite").write_bytes(conv.convert())
-
-    spec = (tf.TensorSpec((1, IMG, IMG, 3), tf.float32, name="images"),)
-
-    @tf.function(input_signature=spec)
-    def serve(x):  # type: ignore[no-untyped-def]
-        return {"output0": export(x)}
-
-    tf2onnx.convert.from_function(
-        serve, input_signature=spec, opset=13, output_path=str(out / "model.onnx"), inputs_as_nchw=["images"]
+    work = out.parent / "shapes-work"
+    if work.exists():
+        shutil.rmtree(work)
+    dataset = synthesize(work / "data", images=SHAPES_IMAGES, seed=11, fmt="yolo")
+    cfg = TrainConfig(epochs=SHAPES_EPOCHS, img_size=SHAPES_IMG, batch=32, eval_every=SHAPES_EPOCHS, seed=1)
+    train(dataset, work / "run", cfg, data_path=str(work / "data"))
+    export_run(
+        work / "run", ["tflite", "openvino", "onnx"], out=out, name="shapes", version="1.0.0", evaluate=False
     )
+    # Reference outputs for the OpenVINO 2022.3 check (.ci/run): ONNX and current OpenVINO (f32)
+    # on fixed frames, taken through the agent's own pre-processing.
+    import onnxruntime as ort
     import openvino as ov
 
-    ov.save_model(
-        ov.convert_model(str(out / "model.onnx")), str(out / "model_fp16.xml"), compress_to_fp16=True
-    )
-    write_bundle(
-        out,
-        name="shapes",
-        version="1.0.0",
-        labels=LABELS,
-        input=INPUT,
-        decoder={"type": "yolov8", "params": {"boxes": "normalized"}},
-        artifacts=[
-            artifact_entry("tflite", "int8", out / "model_int8.tflite"),
-            artifact_entry("openvino", "fp16", out / "model_fp16.xml", weights=out / "model_fp16.bin"),
-            artifact_entry("onnx", "fp32", out / "model.onnx"),
-        ],
-        defaults={"score_threshold": 0.4, "iou_threshold": 0.5, "max_detections": 50},
-    )
-    # Reference outputs for the OpenVINO 2022.3 check (.ci/run): ONNX on fixed frames.
-    import onnxruntime as ort
+    from edge_agent.bundle import load_bundle
+    from edge_agent.preprocess import Preprocessor
 
+    bundle = load_bundle(out)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    frames = np.ascontiguousarray(xs[:4].transpose(0, 3, 1, 2))
-    refs = [sess.run(None, {"images": frames[i : i + 1]})[0] for i in range(4)]
+    inp = sess.get_inputs()[0]
+    pre = Preprocessor(bundle.manifest.input, TensorSpec(inp.name, tuple(inp.shape), np.dtype(np.float32)))
+    gen = SceneGenerator(width=640, height=480, seed=99)
+    frames = np.concatenate([pre(gen.render(i)[0])[0] for i in range(4)])
+    refs = [sess.run(None, {inp.name: frames[i : i + 1]})[0] for i in range(4)]
     compiled = ov.Core().compile_model(
         str(out / "model_fp16.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
     )
     ov_refs = [compiled(frames[i : i + 1])[0] for i in range(4)]
     np.savez(out / "reference.npz", inputs=frames, outputs=np.stack(refs), openvino=np.stack(ov_refs))
+    shutil.rmtree(work)
 
 
 # --- SSD with TFLite_Detection_PostProcess ---------------------------------------------------
 SSD_CELLS = 4
+C = 3  # colour classes of the SSD models: red, green, blue
 SSD_IMG = 64
 
 
