@@ -218,3 +218,15 @@ def test_export_refuses_unknown_format_and_missing_run(tmp_path: Path) -> None:
     assert (
         r.returncode == 1 and "not a training run (no run.json)" in r.stderr and "Traceback" not in r.stderr
     )
+
+
+def test_mobilenetv2_backbone_builds_without_weights() -> None:
+    """The ImageNet path is Keras' own loader (weights="imagenet"); tests build the same graph
+    with weights=None, since nothing may be downloaded here."""
+    spec = ModelSpec(num_classes=2, img_size=96, backbone="mobilenetv2")
+    assert spec.input_range == (-1.0, 1.0)  # what MobileNetV2 was trained on
+    model, export = build(spec, batch_size=1)
+    assert tuple(export.output.shape) == (1, 6, spec.num_cells)
+    assert any(layer.name.startswith("block_13") for layer in model.layers)
+    with pytest.raises(ValueError, match="needs --backbone mobilenetv2"):
+        build(ModelSpec(num_classes=2, img_size=96), pretrained=True)
