@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import Optional, Sequence
 
+from edge_agent.cli_support import run as run_cli
 from edge_agent.errors import EdgewatchError
 
 from . import __version__
@@ -40,19 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except EdgewatchError as e:
-        print(f"cloud-trainer: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `cloud-trainer inspect ... | head`
-        sys.stderr.close()
-        return 0
+    return run_cli("cloud-trainer", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from edge_agent.bundle import MANIFEST, SIGNATURE, Manifest, load_bundle, parse_manifest, sha256_file, signing
+from edge_agent.bundle.loader import read_manifest
 from edge_agent.bundle.manifest import check_plain_file_name
 from edge_agent.errors import BundleError
 
@@ -116,15 +117,7 @@ def repackage(
     signature that no longer matches the manifest is removed rather than left stale.
     The result is loaded back through the agent's own loader."""
     d = Path(bundle_dir).expanduser()
-    if not d.is_dir():
-        raise BundleError(f"{d}: not a bundle directory")
-    mpath = d / MANIFEST
-    try:
-        old = mpath.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{mpath}: missing; a bundle directory holds manifest.json") from None
-    except OSError as e:
-        raise BundleError(f"{mpath}: cannot read: {e.strerror}") from None
+    mpath, old = read_manifest(d)
     try:
         doc = json.loads(old.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -16,6 +16,7 @@ from .backends import registry
 from .backends.auto import ARTIFACT_OF, choose, plan
 from .backends.base import Backend
 from .bundle import Bundle, load_bundle
+from .cli_support import run as run_cli
 from .detector import Detector, Thresholds
 from .errors import EdgewatchError
 from .messages import DetectionMessage
@@ -155,19 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except EdgewatchError as e:
-        print(f"edge-agent: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `edge-agent detect ... | head`
-        sys.stderr.close()
-        return 0
+    return run_cli("edge-agent", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 from pydantic import ValidationError
 
@@ -107,6 +107,19 @@ def verify_files(directory: Path, artifacts: Iterable[Artifact]) -> None:
                 )
 
 
+def read_manifest(directory: Path) -> Tuple[Path, bytes]:
+    """(path, exact bytes) of a bundle directory's manifest.json."""
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a bundle directory")
+    mpath = directory / MANIFEST
+    try:
+        return mpath, mpath.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{mpath}: missing; a bundle directory holds manifest.json") from None
+    except OSError as e:
+        raise BundleError(f"{mpath}: cannot read: {e.strerror}") from None
+
+
 def load_bundle(
     directory: Union[str, Path],
     runtimes: Optional[List[str]] = None,
@@ -115,15 +128,7 @@ def load_bundle(
     """Load the bundle in ``directory``. ``runtimes`` limits file verification to those
     artifacts (a device need not hash the files of runtimes it will never load)."""
     d = Path(directory).expanduser()
-    if not d.is_dir():
-        raise BundleError(f"{d}: not a bundle directory")
-    mpath = d / MANIFEST
-    try:
-        data = mpath.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{mpath}: missing; a bundle directory holds manifest.json") from None
-    except OSError as e:
-        raise BundleError(f"{mpath}: cannot read: {e.strerror}") from None
+    mpath, data = read_manifest(d)
     manifest = parse_manifest(data, str(mpath))
     sig_path = d / SIGNATURE
     signature = sig_path.read_bytes() if sig_path.is_file() else None
