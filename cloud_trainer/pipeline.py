@@ -161,7 +161,9 @@ def export_run(
         input=info.input,
         decoder=info.decoder,
         artifacts=artifacts,
-        defaults={"score_threshold": 0.4, "iou_threshold": 0.5, "max_detections": 100},
+        # Scores are IoU-aware (a class score approximates the IoU its box reaches), so they run
+        # lower than plain class confidences: 0.3 keeps the recall of a 0.4 plain threshold.
+        defaults={"score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 100},
         metrics=metrics,
         source={"dataset_sha256": info.data.get("sha256"), "run": run.name, "model": info.spec},
     )

@@ -84,7 +84,11 @@ def make_loss(spec: ModelSpec, box_weight: float = 5.0) -> Any:
         npos = tf.maximum(tf.reduce_sum(pos), 1.0)
         # Binary cross-entropy on every cell's classes; a negative cell weighs 1/20 of a positive
         # one, since an image has ~100 times more of them.
-        t = y_true[..., 4 : 4 + c]
+        # A positive's class target is the IoU its own box reaches (IoU-aware scores, as in
+        # VarifocalNet/TOOD): the best-placed cell of an object then also scores highest, so NMS
+        # keeps the same box whatever the precision the model runs at.
+        quality = tf.stop_gradient(tf.clip_by_value(_iou(y_true[..., :4], y_pred[..., :4]), 0.05, 1.0))
+        t = y_true[..., 4 : 4 + c] * quality[..., None]
         p = tf.clip_by_value(y_pred[..., 4:], 1e-6, 1 - 1e-6)
         ce = -(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p))
         # Non-positive cells inside an object whose predicted box already fits it: no class loss.

@@ -47,6 +47,8 @@ class TrainConfig:
     patience: int = 20  # epochs without a better val mAP@0.5 before stopping
     eval_every: int = 5
     max_minutes: Optional[float] = None  # stop (keeping the best) after this long
+    # Same seed, same data, same machine type -> the same weights (TF op determinism).
+    deterministic: bool = False
 
 
 @dataclass
@@ -216,6 +218,8 @@ def train(
     info.save(run)
 
     tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     train_set, val_set = dataset.split(cfg.val_fraction, cfg.seed)
     if not train_set.samples or not val_set.samples:
         from .cli import TrainerError

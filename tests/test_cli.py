@@ -108,9 +108,10 @@ def test_detect_prints_one_message_per_image(shapes_bundle: Path, images: List[s
     assert sum(len(m["detections"]) for m in lines) >= 3
 
 
-def test_detect_boxes_match_the_scene(shapes_bundle: Path, images: List[str]) -> None:
+def test_detect_boxes_match_the_scene(shapes_bundle: Path, tmp_path: Path) -> None:
     """The ground truth of the synthetic frames is found (IoU >= 0.5) for most objects."""
-    r = run("detect", "--bundle", str(shapes_bundle), "--backend", "tflite", *images)
+    files = write_frames(tmp_path, seed=5, n=10)
+    r = run("detect", "--bundle", str(shapes_bundle), "--backend", "tflite", *files)
     gen = SceneGenerator(width=640, height=480, seed=5)
     found = total = 0
     for i, line in enumerate(r.stdout.splitlines()):

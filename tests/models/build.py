@@ -27,8 +27,8 @@ from cloud_trainer.package import artifact_entry, write_bundle
 from edge_agent.preprocess import TensorSpec
 from edge_agent.sources.synthetic import SceneGenerator
 
-SHAPES_IMAGES = 600
-SHAPES_EPOCHS = 30
+SHAPES_IMAGES = 800
+SHAPES_EPOCHS = 40
 SHAPES_IMG = 160
 
 
@@ -44,7 +44,14 @@ def build_shapes(out: Path) -> None:
     if work.exists():
         shutil.rmtree(work)
     dataset = synthesize(work / "data", images=SHAPES_IMAGES, seed=11, fmt="yolo")
-    cfg = TrainConfig(epochs=SHAPES_EPOCHS, img_size=SHAPES_IMG, batch=32, eval_every=SHAPES_EPOCHS, seed=1)
+    cfg = TrainConfig(
+        epochs=SHAPES_EPOCHS,
+        img_size=SHAPES_IMG,
+        batch=32,
+        eval_every=SHAPES_EPOCHS,
+        seed=1,
+        deterministic=True,
+    )
     train(dataset, work / "run", cfg, data_path=str(work / "data"))
     export_run(
         work / "run", ["tflite", "openvino", "onnx"], out=out, name="shapes", version="1.0.0", evaluate=False
