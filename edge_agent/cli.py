@@ -128,6 +128,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import dump, load_config
+
+    print(dump(load_config(args.config, args.set)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="edgewatch edge detection agent")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -152,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480, help="synthetic frame height")
     p.add_argument("--pretty", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check-config", help="validate a configuration and print the effective one")
+    p.add_argument("-c", "--config", default=None, help="YAML file (default: built-in defaults only)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
+    p.set_defaults(func=cmd_check_config)
     return parser
 
 
