@@ -76,7 +76,40 @@ def build_shapes(out: Path) -> None:
     )
     ov_refs = [compiled(frames[i : i + 1])[0] for i in range(4)]
     np.savez(out / "reference.npz", inputs=frames, outputs=np.stack(refs), openvino=np.stack(ov_refs))
+    _float_tflite_variant(work / "run", out, out.parent / "shapes-fp32")
     shutil.rmtree(work)
+
+
+def _float_tflite_variant(run: Path, bundle: Path, out: Path) -> None:
+    """The same trained network with a float TFLite artifact: the bundle on which every CPU
+    runtime must give the same detections (int8 is compared separately, with its rounding)."""
+    import json
+
+    from cloud_trainer.export import tflite_fp32
+    from cloud_trainer.train import load_model
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    for name in ("model.onnx", "model_fp16.xml", "model_fp16.bin"):
+        shutil.copyfile(bundle / name, out / name)
+    _, _, export = load_model(run)
+    tflite_fp32(export, out)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    write_bundle(
+        out,
+        name="shapes-fp32",
+        version=doc["version"],
+        labels=doc["labels"],
+        input=doc["input"],
+        decoder=doc["decoder"],
+        artifacts=[
+            artifact_entry("tflite", "fp32", out / "model_fp32.tflite"),
+            artifact_entry("openvino", "fp16", out / "model_fp16.xml", weights=out / "model_fp16.bin"),
+            artifact_entry("onnx", "fp32", out / "model.onnx"),
+        ],
+        defaults=doc["defaults"],
+    )
 
 
 # --- SSD with TFLite_Detection_PostProcess ---------------------------------------------------
