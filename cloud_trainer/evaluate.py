@@ -15,6 +15,7 @@ import numpy as np
 from edge_agent.detector import Detector, Thresholds
 
 from .data.dataset import Dataset
+from .data.writers import coco_document
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +39,6 @@ class Metrics:
         }
 
 
-def coco_ground_truth(dataset: Dataset) -> Dict[str, Any]:
-    images: List[Dict[str, Any]] = []
-    annotations: List[Dict[str, Any]] = []
-    for i, s in enumerate(dataset.samples):
-        images.append({"id": i, "file_name": s.image.name, "width": s.width, "height": s.height})
-        for b in s.boxes:
-            w, h = b.xmax - b.xmin, b.ymax - b.ymin
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i,
-                    "category_id": b.class_id,
-                    "bbox": [b.xmin, b.ymin, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": i, "name": n} for i, n in enumerate(dataset.classes)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
 def coco_map(dataset: Dataset, results: List[Dict[str, Any]]) -> Metrics:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -66,7 +46,7 @@ def coco_map(dataset: Dataset, results: List[Dict[str, Any]]) -> Metrics:
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):  # pycocotools prints its tables
         gt = COCO()
-        gt.dataset = coco_ground_truth(dataset)
+        gt.dataset = coco_document(dataset, first_id=0)  # ids are list indices
         gt.createIndex()
         if not results:
             return Metrics(

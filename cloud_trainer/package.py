@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from edge_agent.bundle import MANIFEST, SIGNATURE, Manifest, load_bundle, parse_manifest, sha256_file, signing
-from edge_agent.bundle.loader import read_manifest
+from edge_agent.bundle.loader import manifest_document, read_manifest
 from edge_agent.bundle.manifest import check_plain_file_name
 from edge_agent.errors import BundleError
 
@@ -118,12 +117,7 @@ def repackage(
     The result is loaded back through the agent's own loader."""
     d = Path(bundle_dir).expanduser()
     mpath, old = read_manifest(d)
-    try:
-        doc = json.loads(old.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mpath}: not valid UTF-8 JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise BundleError(f"{mpath}: the manifest must be a JSON object")
+    doc = manifest_document(old, str(mpath))
     artifacts = doc.get("artifacts")
     if not isinstance(artifacts, list) or not artifacts:
         raise BundleError(f"{mpath}: artifacts: must be a non-empty list")
@@ -162,15 +156,3 @@ def repackage(
     elif data != old and sig_path.exists():
         sig_path.unlink()
     return load_bundle(d).manifest
-
-
-def copy_into(out_dir: PathLike, *files: PathLike) -> List[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for f in files:
-        dest = out / Path(f).name
-        if Path(f).resolve() != dest.resolve():
-            shutil.copyfile(f, dest)
-        copied.append(dest)
-    return copied

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import STRIDES, ModelSpec, cell_grid
+from .model import STRIDES, ModelSpec
 
 # The object sizes (max side, fraction of the input) each head learns; they overlap.
 SIZE_RANGES = {8: (0.0, 0.2), 16: (0.1, 0.45), 32: (0.25, 1.01)}
@@ -145,7 +145,3 @@ def _giou(a: Any, b: Any) -> Any:
     ch = tf.maximum(ay1, by1) - tf.minimum(ay0, by0)
     hull = cw * ch + 1e-9
     return iou - (hull - union) / hull
-
-
-def cells(spec: ModelSpec) -> np.ndarray:
-    return cell_grid(spec)

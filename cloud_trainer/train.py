@@ -25,7 +25,9 @@ import numpy as np
 from edge_agent.bundle.manifest import DecoderSpec, Defaults, InputSpec, Manifest
 
 from .augment import PAD, Augment, prepare
+from .cli import TrainerError
 from .data.dataset import Dataset, Sample
+from .data.errors import DatasetError
 from .model import ModelSpec, build, cell_grid
 from .targets import encode, make_loss
 from .targets import width as target_width
@@ -87,8 +89,6 @@ class RunInfo:
     def load(cls, run: Path) -> RunInfo:
         path = run / "run.json"
         if not path.is_file():
-            from .cli import TrainerError
-
             raise TrainerError(
                 f"{run}: not a training run (no run.json); train one with `cloud-trainer train`"
             )
@@ -124,8 +124,6 @@ def load_images(samples: List[Sample], size: int) -> List[Tuple[np.ndarray, np.n
     for s in samples:
         image = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
         if image is None:
-            from .data.errors import DatasetError
-
             raise DatasetError(f"{s.image}: cannot read image")
         boxes = np.array([[b.class_id, b.xmin, b.ymin, b.xmax, b.ymax] for b in s.boxes], np.float32).reshape(
             -1, 5
@@ -200,8 +198,6 @@ def train(
     state: Dict[str, Any] = {"epoch": 0, "best_map50": -1.0, "best_epoch": 0, "history": []}
     if resume:
         if not (state_path.is_file() and (run / "weights" / "last.weights.h5").is_file()):
-            from .cli import TrainerError
-
             raise TrainerError(f"{run}: nothing to resume (no state.json and weights/last.weights.h5)")
         info = RunInfo.load(run)
         if info.data.get("sha256") != dataset.sha256():
@@ -222,8 +218,6 @@ def train(
         tf.config.experimental.enable_op_determinism()
     train_set, val_set = dataset.split(cfg.val_fraction, cfg.seed)
     if not train_set.samples or not val_set.samples:
-        from .cli import TrainerError
-
         raise TrainerError(
             f"{dataset.source}: {len(dataset.samples)} images split into {len(train_set.samples)} train / "
             f"{len(val_set.samples)} val; need at least one of each"
@@ -315,8 +309,6 @@ def load_model(run: Path, which: str = "best") -> Tuple[RunInfo, Any, Any]:
     info = RunInfo.load(run)
     path = run / "weights" / f"{which}.weights.h5"
     if not path.is_file():
-        from .cli import TrainerError
-
         raise TrainerError(f"{path}: missing; has `cloud-trainer train` finished an epoch in {run}?")
     model, export = build(info.model_spec, batch_size=1)
     model.load_weights(path)

@@ -38,9 +38,6 @@ class Result:
     image: ImageSize
     latency: Latency
 
-    def boxes(self) -> List[Tuple[str, float, Tuple[float, float, float, float]]]:
-        return [(d.label, d.score, (d.box.xmin, d.box.ymin, d.box.xmax, d.box.ymax)) for d in self.detections]
-
 
 class Detector:
     def __init__(

@@ -24,11 +24,10 @@ from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     at,
-    describe_dirs,
     find_class_file,
-    find_image,
     image_size,
     integer,
+    locate_image,
     number,
     read_class_file,
     read_text,
@@ -137,12 +136,7 @@ def _row(
     name = cell("filename")
     if not name:
         raise DatasetError(f"{where}: empty filename")
-    image = located.get(name)
-    if image is None:
-        image = find_image([name], dirs)
-        if image is None:
-            raise DatasetError(f"{where}: image {name!r} not found (looked in {describe_dirs(dirs)})")
-        located[name] = image
+    image = locate_image(name, dirs, located, where)
     w_text, h_text = cell("width"), cell("height")
     width = integer(w_text, "width", where) if w_text else 0
     height = integer(h_text, "height", where) if h_text else 0

@@ -19,11 +19,10 @@ from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     at,
-    describe_dirs,
-    find_image,
     head,
     image_size,
     integer,
+    locate_image,
     number,
     read_image_sizes,
     read_text,
@@ -81,12 +80,7 @@ def read_flickr27(
         name, label = parts[0], parts[1]
         integer(parts[2], "subset", where)
         box = tuple(number(v, k, where) for v, k in zip(parts[3:], _COORDS))
-        image = located.get(name)
-        if image is None:
-            image = find_image([name], dirs)
-            if image is None:
-                raise DatasetError(f"{where}: image {name!r} not found (looked in {describe_dirs(dirs)})")
-            located[name] = image
+        image = locate_image(name, dirs, located, where)
         rows.append((where, label, image, (box[0], box[1], box[2], box[3])))
     builder = DatasetBuilder(f"flickr27:{listing}", classes)
     sizes = read_image_sizes(located.values())

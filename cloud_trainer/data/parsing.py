@@ -115,6 +115,18 @@ def find_image(names: Sequence[str], dirs: Sequence[Path], stems: Sequence[str] 
     return None
 
 
+def locate_image(name: str, dirs: Sequence[Path], located: Dict[str, Path], where: str) -> Path:
+    """The image a list or table names, found once in ``dirs`` and remembered in ``located``
+    (its rows name the same image many times); DatasetError naming ``where`` when absent."""
+    image = located.get(name)
+    if image is None:
+        image = find_image([name], dirs)
+        if image is None:
+            raise DatasetError(f"{where}: image {name!r} not found (looked in {describe_dirs(dirs)})")
+        located[name] = image
+    return image
+
+
 def describe_dirs(dirs: Sequence[Path]) -> str:
     return ", ".join(str(d) for d in dict.fromkeys(dirs)) or "nowhere"
 

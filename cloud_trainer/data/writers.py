@@ -174,10 +174,12 @@ def _yolo(dataset: Dataset, out: Path) -> None:
 # -- COCO --------------------------------------------------------------------------------------
 
 
-def _coco(dataset: Dataset, out: Path) -> None:
+def coco_document(dataset: Dataset, first_id: int = 1) -> Dict[str, Any]:
+    """images, annotations and categories in COCO form; image and category ids start at
+    ``first_id`` (1 in files, as COCO tools expect; 0 lets the evaluator use list indices)."""
     images: List[Dict[str, Any]] = []
     annotations: List[Dict[str, Any]] = []
-    for i, s in enumerate(dataset.samples, start=1):
+    for i, s in enumerate(dataset.samples, start=first_id):
         images.append({"id": i, "file_name": s.image.name, "width": s.width, "height": s.height})
         for b in s.boxes:
             w, h = b.xmax - b.xmin, b.ymax - b.ymin
@@ -185,21 +187,24 @@ def _coco(dataset: Dataset, out: Path) -> None:
                 {
                     "id": len(annotations) + 1,
                     "image_id": i,
-                    "category_id": b.class_id + 1,
+                    "category_id": b.class_id + first_id,
                     "bbox": [round(b.xmin, 2), round(b.ymin, 2), round(w, 2), round(h, 2)],
                     "area": round(w * h, 2),
                     "iscrowd": 0,
                     "segmentation": [],
                 }
             )
+    categories = [
+        {"id": k + first_id, "name": name, "supercategory": name} for k, name in enumerate(dataset.classes)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _coco(dataset: Dataset, out: Path) -> None:
     doc = {
         "info": {"description": dataset.source or "edgewatch dataset", "version": "1.0"},
         "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": k + 1, "name": name, "supercategory": name} for k, name in enumerate(dataset.classes)
-        ],
+        **coco_document(dataset),
     }
     (out / "annotations.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from pydantic import ValidationError
 
@@ -41,14 +41,20 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_manifest(data: bytes, where: str) -> Manifest:
-    """Parse manifest bytes; ``where`` names the file in errors."""
+def manifest_document(data: bytes, where: str) -> Dict[str, Any]:
+    """Manifest bytes as a JSON object, before any schema check."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{where}: not valid UTF-8 JSON: {e}") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: the manifest must be a JSON object")
+    return raw
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """Parse manifest bytes; ``where`` names the file in errors."""
+    raw = manifest_document(data, where)
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
