@@ -7,55 +7,20 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import cv2
 
 from . import __version__
 from .backends import registry
-from .backends.auto import ARTIFACT_OF, choose, plan
-from .backends.base import Backend
-from .bundle import Bundle, load_bundle
+from .backends.auto import ARTIFACT_OF, plan
+from .bundle import load_bundle
 from .cli_support import run as run_cli
-from .detector import Detector, Thresholds
-from .errors import EdgewatchError
+from .detector import Thresholds
+from .loading import open_detector
 from .messages import DetectionMessage
 
 log = logging.getLogger("edge_agent")
-
-ARTIFACT_RUNTIMES = {
-    "tflite": ["tflite"],
-    "coral": ["edgetpu"],
-    "openvino": ["openvino", "onnx"],
-    "onnx": ["onnx"],
-    "opencv": ["opencv", "onnx"],
-}
-
-
-def open_detector(
-    bundle_dir: str,
-    backend: str = "auto",
-    device: Optional[str] = None,
-    threads: Optional[int] = None,
-    thresholds: Optional[Thresholds] = None,
-) -> Tuple[Detector, List[str]]:
-    """Load a bundle on a backend; returns the detector and auto's fallback reasons."""
-    bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend))
-    reasons: List[str] = []
-    be: Backend
-    if backend == "auto":
-        if device is not None:
-            raise EdgewatchError("--device needs an explicit --backend (auto picks devices itself)")
-        choice = choose(bundle, threads=threads)
-        be, reasons = choice.backend, choice.reasons
-    else:
-        be = registry.create(backend, device=device, threads=threads)
-        be.load(bundle)
-    try:
-        return Detector(bundle.manifest, be, thresholds, where=str(bundle.dir / "manifest.json")), reasons
-    except Exception:
-        be.close()
-        raise
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -135,11 +100,55 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import DEFAULT_PATH, load_config
+    from .service.agent import Agent
+    from .systemd import setup_logging
+
+    setup_logging(args.verbose)
+    path = args.config if args.config is not None else (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+    config = load_config(path, args.set)
+    return Agent(config).run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+    from .systemd import setup_logging
+
+    setup_logging(args.verbose)
+    return run_demo(
+        broker=args.broker,
+        seconds=args.seconds,
+        swap_after=args.swap_after,
+        http=args.http,
+        workdir=args.workdir,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="edgewatch edge detection agent")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug (to stderr)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the service: camera -> detector -> MQTT, with remote commands")
+    p.add_argument(
+        "-c", "--config", default=None, help="YAML file (default /etc/edge-agent/config.yaml if present)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo", help="the whole loop on this machine: broker, synthetic camera, live model swap"
+    )
+    p.add_argument("--broker", default=None, help="mqtt://HOST[:PORT] to use instead of the embedded broker")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long to run (0: until Ctrl-C)")
+    p.add_argument("--swap-after", type=float, default=8.0, help="seconds before deploying version 1.1.0")
+    p.add_argument("--http", default="127.0.0.1:8080", help='live view address ("" disables)')
+    p.add_argument(
+        "--workdir", default=None, help="keep the demo's store and keys here (default: a temp dir)"
+    )
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("detect", help="detect objects in image files, one JSON line per image")
     _add_model_args(p)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cloud_trainer.package import artifact_entry, write_bundle
-from edge_agent.cli import open_detector
+from edge_agent.loading import open_detector
 
 pytestmark = pytest.mark.skipif(
     not hasattr(cv2.dnn, "readNetFromDarknet"), reason="this OpenCV has no darknet reader"

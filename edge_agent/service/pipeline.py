@@ -1,0 +1,370 @@
+"""The frame pipeline: capture, inference and publishing overlap in three threads.
+
+- The capture thread reads the camera into a ``FrameBuffer``. In ``live`` mode the buffer holds
+  one frame and a newer one replaces it (the replaced frame is counted as dropped), so inference
+  always works on the newest picture. In ``every`` mode it is a short queue and capture waits for
+  room, so every frame is processed.
+- The inference thread prepares a frame and submits it to the backend, keeping up to
+  ``backend.max_in_flight`` requests outstanding (an NCS2 needs several to reach its throughput);
+  while the accelerator runs one request, the next frame is captured and pre-processed.
+- The emit thread hands each result to ``on_result`` (JSON, the on-disk outbox, MQTT) so a slow
+  disk or broker never stalls inference.
+
+A model swap happens between two frames: the inference thread finishes every request of the old
+detector, then switches, so each frame is processed by exactly one model and none is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Literal, Optional
+
+from ..backends.base import Pending
+from ..detector import Detector
+from ..errors import EdgewatchError, SourceError
+from ..messages import DetectionOut, ImageSize, Latency
+from ..preprocess import Transform
+from ..sources.base import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["live", "every"]
+EVERY_QUEUE = 4  # frames captured ahead in `every` mode: enough to overlap, small enough for memory
+
+
+@dataclass(frozen=True)
+class Processed:
+    """One frame and what the detector that processed it found."""
+
+    frame: Frame
+    number: int  # the pipeline's own frame counter (sources restart theirs on reopen)
+    detector: Detector
+    detections: List[DetectionOut]
+    image: ImageSize
+    latency: Latency
+
+
+class FrameBuffer:
+    """Hands frames from the capture thread to the inference thread (see the module docstring)."""
+
+    def __init__(self, mode: Mode, capacity: int = EVERY_QUEUE):
+        self.mode = mode
+        self.capacity = 1 if mode == "live" else capacity
+        self._frames: Deque[Frame] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> bool:
+        """False once the buffer is closed (the pipeline is stopping)."""
+        with self._cond:
+            if self.mode == "live":
+                if self._frames:
+                    self._frames.popleft()
+                    self.dropped += 1
+            else:
+                while len(self._frames) >= self.capacity and not self._closed:
+                    self._cond.wait(0.5)
+            if self._closed:
+                return False
+            self._frames.append(frame)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Optional[Frame]:
+        with self._cond:
+            if not self._frames and timeout > 0:
+                self._cond.wait(timeout)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._frames)
+
+
+@dataclass
+class Stats:
+    """Measured by the pipeline, read by status messages, /metrics and STATUS=."""
+
+    captured: int = 0
+    processed: int = 0
+    dropped: int = 0
+    fps: float = 0.0
+    inference_ms: float = 0.0
+    camera: str = "ok"  # ok | lost
+    last_frame_ts: Optional[float] = None
+    _window: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    def frame_done(self, inference_ms: float) -> None:
+        now = time.monotonic()
+        self._window.append(now)
+        self.processed += 1
+        self.last_frame_ts = time.time()
+        # Exponential moving average: steady, and reacts within ~10 frames to a model swap.
+        a = 0.1 if self.processed > 1 else 1.0
+        self.inference_ms = (1 - a) * self.inference_ms + a * inference_ms
+        w = self._window
+        if len(w) >= 2 and now - w[0] > 0:
+            self.fps = (len(w) - 1) / (now - w[0])
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "captured": self.captured,
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "fps": round(self.fps, 2),
+            "inference_ms": round(self.inference_ms, 2),
+            "camera": self.camera,
+        }
+
+
+@dataclass
+class _InFlight:
+    frame: Frame
+    number: int
+    detector: Detector
+    transform: Transform
+    pending: Pending
+    t_submit: float
+
+
+@dataclass
+class _SwapRequest:
+    detector: Optional[Detector]
+    done: threading.Event = field(default_factory=threading.Event)
+    previous: Optional[Detector] = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: FrameSource,
+        mode: Mode,
+        on_result: Callable[[Processed], None],
+        on_event: Callable[[str, Dict[str, Any]], None] = lambda kind, data: None,
+        heartbeat: Callable[[], None] = lambda: None,
+        reopen_delays: tuple = (0.5, 30.0),
+    ):
+        self.source = source
+        self.mode: Mode = mode
+        self.on_result = on_result
+        self.on_event = on_event
+        self.heartbeat = heartbeat
+        self.reopen_delays = reopen_delays
+        self.stats = Stats()
+        self.detector: Optional[Detector] = None
+        self.buffer = FrameBuffer(mode)
+        self.ended = threading.Event()  # a finite source (file, image folder) ran out
+        self._results: queue.Queue[Optional[Processed]] = queue.Queue(maxsize=256)
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._swap: Optional[_SwapRequest] = None
+        self._swap_lock = threading.Lock()
+        self._first_result = threading.Event()
+        self._threads: List[threading.Thread] = []
+
+    # -- control ---------------------------------------------------------------------------
+    def start(self, detector: Optional[Detector]) -> None:
+        self.detector = detector
+        for name, target in (("capture", self._capture), ("inference", self._infer), ("emit", self._emit)):
+            t = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def swap(self, detector: Optional[Detector], timeout: float = 30.0) -> Optional[Detector]:
+        """Switch to ``detector`` between two frames; returns the previous one (not closed).
+
+        Raises EdgewatchError when the inference thread does not reach a frame boundary in time
+        (a hung accelerator): then nothing was switched."""
+        req = _SwapRequest(detector)
+        with self._swap_lock:
+            if self._swap is not None:
+                raise EdgewatchError("another model switch is in progress")
+            self._swap = req
+        if not req.done.wait(timeout):
+            with self._swap_lock:
+                if self._swap is req:  # not picked up: withdraw it
+                    self._swap = None
+                    raise EdgewatchError(f"the pipeline did not reach a frame boundary within {timeout:g} s")
+            req.done.wait()  # picked up just now: the switch is happening, wait for it
+        return req.previous
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def wait_first_result(self, timeout: float) -> bool:
+        return self._first_result.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the frames in flight, publish their results, stop the threads."""
+        self._stop.set()
+        self.buffer.close()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        try:
+            self.source.close()
+        except Exception as e:  # closing a failed camera may fail again; nothing to recover
+            log.debug("closing %s: %s", self.source.spec, e)
+
+    # -- capture ---------------------------------------------------------------------------
+    def _capture(self) -> None:
+        opened, lost = False, False
+        delay = self.reopen_delays[0]
+        number = 0
+        while not self._stop.is_set():
+            if not opened:
+                try:
+                    self.source.open()
+                    opened = True
+                except SourceError as e:
+                    lost = self._camera_lost(lost, str(e))
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.reopen_delays[1])
+                    continue
+            try:
+                frame = self.source.read()
+            except SourceError as e:
+                lost = self._camera_lost(lost, str(e))
+                opened = False
+                try:
+                    self.source.close()
+                except Exception as ce:  # the device is already gone
+                    log.debug("closing %s: %s", self.source.spec, ce)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.reopen_delays[1])
+                continue
+            if frame is None:
+                log.info("%s: end of the source", self.source.spec)
+                self.ended.set()
+                return
+            if lost:
+                lost = False
+                self.stats.camera = "ok"
+                log.info("%s: camera restored", self.source.spec)
+                self.on_event("camera_restored", {"source": self.source.spec})
+            delay = self.reopen_delays[0]
+            # The pipeline numbers frames itself: a reopened source restarts its own index.
+            frame = Frame(frame.image, number, frame.timestamp, frame.source, frame.truth)
+            number += 1
+            self.stats.captured += 1
+            if not self.buffer.put(frame):
+                return
+            self.stats.dropped = self.buffer.dropped
+
+    def _camera_lost(self, already: bool, reason: str) -> bool:
+        if not already:
+            self.stats.camera = "lost"
+            log.warning("%s: camera lost: %s", self.source.spec, reason)
+            self.on_event("camera_lost", {"source": self.source.spec, "detail": reason})
+        return True
+
+    # -- inference -------------------------------------------------------------------------
+    def _infer(self) -> None:
+        inflight: Deque[_InFlight] = collections.deque()
+        try:
+            while True:
+                self.heartbeat()
+                if self._swap is not None:
+                    self._drain(inflight)
+                    self._do_swap()
+                if self._stop.is_set():
+                    self._drain(inflight)
+                    return
+                detector = self.detector
+                if detector is None or self._paused.is_set():
+                    self._drain(inflight)
+                    if self.mode == "live":
+                        # keep the newest frame fresh: discard what arrives while idle
+                        while self.buffer.get(0) is not None:
+                            self.buffer.dropped += 1
+                        self.stats.dropped = self.buffer.dropped
+                    self._stop.wait(0.05)
+                    continue
+                frame = self.buffer.get(0 if inflight else 0.2)
+                if frame is not None:
+                    try:
+                        self._submit(detector, frame, inflight)
+                    except Exception as e:
+                        self._failed_frame(frame, e)
+                if inflight and (frame is None or len(inflight) >= detector.backend.max_in_flight):
+                    self._complete(inflight.popleft())
+        finally:
+            self._results.put(None)
+
+    def _submit(self, detector: Detector, frame: Frame, inflight: Deque[_InFlight]) -> None:
+        tensor, transform = detector.prepare(frame.image)
+        t = time.perf_counter()
+        pending = detector.backend.submit(tensor)
+        inflight.append(_InFlight(frame, frame.index, detector, transform, pending, t))
+
+    def _complete(self, job: _InFlight) -> None:
+        try:
+            outputs = job.pending.result()
+            t_done = time.perf_counter()
+            detections = job.detector.decode(outputs, job.transform)
+        except Exception as e:
+            self._failed_frame(job.frame, e)
+            return
+        inference_ms = (t_done - job.t_submit) * 1000
+        total_ms = max(0.0, (time.time() - job.frame.timestamp) * 1000)
+        self.stats.frame_done(inference_ms)
+        processed = Processed(
+            frame=job.frame,
+            number=job.number,
+            detector=job.detector,
+            detections=detections,
+            image=ImageSize(width=job.frame.width, height=job.frame.height),
+            latency=Latency(inference=round(inference_ms, 2), total=round(total_ms, 2)),
+        )
+        self._results.put(processed)
+        self._first_result.set()
+
+    def _drain(self, inflight: Deque[_InFlight]) -> None:
+        while inflight:
+            self._complete(inflight.popleft())
+
+    def _do_swap(self) -> None:
+        with self._swap_lock:
+            req, self._swap = self._swap, None
+        if req is None:
+            return
+        req.previous, self.detector = self.detector, req.detector
+        req.done.set()
+
+    def _failed_frame(self, frame: Frame, error: Exception) -> None:
+        # A frame the backend cannot process is reported and skipped: the service keeps running.
+        log.error("frame %d: inference failed: %s", frame.index, error)
+        self.on_event("inference_failed", {"frame": frame.index, "detail": str(error)})
+
+    # -- emit ------------------------------------------------------------------------------
+    def _emit(self) -> None:
+        while True:
+            item = self._results.get()
+            if item is None:
+                return
+            try:
+                self.on_result(item)
+            except Exception:
+                log.exception("publishing frame %d failed", item.number)
