@@ -1,0 +1,22 @@
+"""The model store, bundle fetching and the staged deploy (SPEC §6)."""
+
+from __future__ import annotations
+
+from .deploy import Deployer, DeployFailed, Report, StageTimeouts
+from .fetch import FetchCancelled, FetchError, FetchIntegrityError, Progress, fetch_bundle
+from .models import ModelStore, StoredVersion, StoreError
+
+__all__ = [
+    "DeployFailed",
+    "Deployer",
+    "FetchCancelled",
+    "FetchError",
+    "FetchIntegrityError",
+    "ModelStore",
+    "Progress",
+    "Report",
+    "StageTimeouts",
+    "StoreError",
+    "StoredVersion",
+    "fetch_bundle",
+]
