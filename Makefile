@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Where the test fixtures keep the models they build (TensorFlow), reused between runs.
 export EDGEWATCH_TEST_MODELS ?= $(CURDIR)/.cache/test-models
 
-APT_PACKAGES := mosquitto
+APT_PACKAGES := mosquitto shellcheck openssl
 
 .PHONY: test lint typecheck pytest venv apt demo clean test-py39 check-ov2022 bench
 

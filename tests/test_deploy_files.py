@@ -1,0 +1,605 @@
+"""deploy/: example configs, IAM policies, udev rules, the installer (--dry-run, shellcheck), the
+broker's certificate script, and the broker config + ACL enforced by a real Mosquitto over mutual
+TLS with paho clients."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge_agent.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+INSTALL = DEPLOY / "install.sh"
+MAKE_CERTS = DEPLOY / "mosquitto" / "make-certs.sh"
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+OPENSSL = shutil.which("openssl")
+SHELLCHECK = shutil.which("shellcheck")
+
+# --- example configs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, backend, device",
+    [("coral", "coral", "usb:0"), ("ncs2", "openvino", "MYRIAD"), ("cpu", "tflite", None)],
+)
+def test_example_configs_load(name: str, backend: str, device: Optional[str]) -> None:
+    config = load_config(DEPLOY / "config" / f"{name}.yaml", environ={})
+    assert config.detector.backend == backend
+    assert config.detector.device == device
+    assert config.mqtt.port == 8883
+    tls = config.mqtt.tls
+    assert tls.ca and tls.cert and tls.key and not tls.insecure
+    assert all(str(p).startswith("/etc/edge-agent/") for p in (tls.ca, tls.cert, tls.key))
+    assert config.commands.require_signature and config.commands.trusted_keys
+    assert str(config.store.dir) == "/var/lib/edge-agent"  # the unit's StateDirectory=
+
+
+# --- IAM ------------------------------------------------------------------------------------
+
+
+def _statements(name: str) -> List[Dict[str, Any]]:
+    policy = json.loads((DEPLOY / "iam" / name).read_text())
+    assert policy["Version"] == "2012-10-17"
+    statements: List[Dict[str, Any]] = policy["Statement"]
+    for s in statements:
+        assert s["Effect"] == "Allow"
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), actions
+        s["Action"] = actions
+    return statements
+
+
+def _allowed(statements: List[Dict[str, Any]], resource: str) -> Dict[str, Dict[str, Any]]:
+    """action -> the statement granting it on exactly this resource."""
+    return {a: s for s in statements if s["Resource"] == resource for a in s["Action"]}
+
+
+def test_device_policy_reads_only_the_prefix() -> None:
+    statements = _statements("device-policy.json")
+    actions = {a for s in statements for a in s["Action"]}
+    assert actions == {"s3:GetObject", "s3:ListBucket"}
+    assert "s3:GetObject" in _allowed(statements, "arn:aws:s3:::BUCKET/PREFIX/*")
+    listing = _allowed(statements, "arn:aws:s3:::BUCKET")["s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["PREFIX/*"]}}
+
+
+def test_trainer_policy_publishes_to_the_prefix() -> None:
+    statements = _statements("trainer-policy.json")
+    on_objects = _allowed(statements, "arn:aws:s3:::BUCKET/PREFIX/*")
+    assert {"s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"} <= set(on_objects)
+    listing = _allowed(statements, "arn:aws:s3:::BUCKET")["s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["PREFIX/*"]}}
+    # Published versions are immutable: neither side may delete.
+    assert not any("Delete" in a for s in statements for a in s["Action"])
+
+
+# --- udev -----------------------------------------------------------------------------------
+
+
+def test_udev_rules_cover_the_accelerators() -> None:
+    rules = [
+        line
+        for line in (DEPLOY / "udev" / "99-edgewatch.rules").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    for vendor, product in [
+        ("1a6e", "089a"),
+        ("18d1", "9302"),
+        ("03e7", "2485"),
+        ("03e7", "f63b"),
+        ("03e7", "2150"),
+    ]:
+        matching = [
+            r
+            for r in rules
+            if f'ATTR{{idVendor}}=="{vendor}"' in r and f'ATTR{{idProduct}}=="{product}"' in r
+        ]
+        assert len(matching) == 1, (vendor, product)
+        rule = matching[0]
+        assert 'SUBSYSTEM=="usb"' in rule and 'MODE="0660"' in rule and 'GROUP="plugdev"' in rule
+    apex = [r for r in rules if 'SUBSYSTEM=="apex"' in r]
+    assert len(apex) == 1 and 'GROUP="plugdev"' in apex[0] and 'MODE="0660"' in apex[0]
+    # Every GOTO has its LABEL, and every assignment/match is KEY op "value".
+    for goto in re.findall(r'GOTO="([^"]+)"', "\n".join(rules)):
+        assert f'LABEL="{goto}"' in rules
+    for rule in rules:
+        for item in rule.split(", "):
+            assert re.fullmatch(r'[A-Z_]+(\{[A-Za-z_]+\})?(==|!=|=|\+=)"[^"]*"', item.strip()), item
+
+
+# --- the installer --------------------------------------------------------------------------
+
+
+def _install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+
+
+def _commands(output: str) -> List[str]:
+    return [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+
+
+def test_scripts_parse() -> None:
+    for script in (INSTALL, MAKE_CERTS):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+        assert script.read_text().startswith("#!/usr/bin/env bash\n")
+        assert "set -euo pipefail" in script.read_text()
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed")
+def test_scripts_are_shellcheck_clean() -> None:
+    assert SHELLCHECK is not None
+    result = subprocess.run([SHELLCHECK, str(INSTALL), str(MAKE_CERTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("accelerator", ["coral", "ncs2", "cpu"])
+def test_install_dry_run(accelerator: str) -> None:
+    existed = {p: p.exists() for p in (Path("/opt/edge-agent"), Path("/etc/edge-agent"))}
+    result = _install("--accelerator", accelerator, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = _commands(result.stdout)
+    text = "\n".join(commands)
+    # Under --dry-run nothing is touched.
+    assert {p: p.exists() for p in existed} == existed
+
+    if not Path("/opt/edge-agent/venv/bin/python").exists():
+        assert "-m venv --system-site-packages /opt/edge-agent/venv" in text
+        pip = [c for c in commands if re.search(r"-m pip install --quiet \S+\[", c)]
+        assert len(pip) == 1
+        extras_match = re.search(r"\[([a-z0-9,]+)\]$", pip[0])
+        assert extras_match, pip[0]
+        extras = set(extras_match.group(1).split(","))
+        assert {"tflite", "s3"} <= extras
+        assert ("coral" in extras) == (accelerator == "coral")
+    if subprocess.run(["id", "-u", "edge-agent"], capture_output=True).returncode != 0:
+        useradd = [c for c in commands if c.startswith("useradd ")]
+        assert len(useradd) == 1
+        assert "--system" in useradd[0] and "--groups video,plugdev" in useradd[0]
+        assert "/usr/sbin/nologin" in useradd[0] and useradd[0].endswith(" edge-agent")
+    if not Path("/etc/udev/rules.d/99-edgewatch.rules").exists():
+        assert f"{DEPLOY}/udev/99-edgewatch.rules /etc/udev/rules.d/99-edgewatch.rules" in text
+        if Path("/run/udev/control").is_socket():
+            assert "udevadm control --reload" in commands
+            assert any(c.startswith("udevadm trigger") for c in commands)
+        else:
+            assert "udev is not running here" in result.stdout
+    if not Path("/etc/edge-agent/config.yaml").exists():
+        assert f"{DEPLOY}/config/{accelerator}.yaml /etc/edge-agent/config.yaml" in text
+    if not Path("/etc/systemd/system/edge-agent.service").exists():
+        assert f"{ROOT}/systemd/edge-agent.service /etc/systemd/system/edge-agent.service" in text
+        if Path("/run/systemd/system").is_dir():
+            assert "systemctl daemon-reload" in commands
+            assert "systemctl enable --now edge-agent.service" in commands
+        else:  # a container or chroot: enabled for the next boot
+            assert "systemctl daemon-reload" not in commands
+            assert "systemctl enable edge-agent.service" in commands
+
+    coral_repo = [c for c in commands if "coral-edgetpu-stable" in c]
+    apt_installs = [c for c in commands if "apt-get install" in c]
+    if accelerator == "coral":
+        if not Path("/etc/apt/sources.list.d/coral-edgetpu.list").exists():
+            assert len(coral_repo) == 1 and "signed-by=" in coral_repo[0]
+        if subprocess.run(["dpkg", "-s", "libedgetpu1-std"], capture_output=True).returncode != 0:
+            assert any("libedgetpu1-std" in c for c in apt_installs)
+            # The repository (and its key) must be there before apt looks for the package.
+            assert commands.index(coral_repo[0]) < commands.index("apt-get update")
+    else:
+        assert coral_repo == [] and not any("libedgetpu" in c for c in apt_installs)
+
+    openvino = [c for c in commands if "openvino==2022.3.*" in c]
+    if accelerator != "ncs2":
+        assert openvino == []
+    elif not Path("/opt/edge-agent/.install-stamp").exists():
+        python_version = subprocess.run(
+            ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if platform.machine() != "x86_64":  # no 2022.3 wheel for ARM at all: the manual way
+            assert openvino == []
+            assert "OpenVINO 2022.3" in result.stderr and "/etc/edge-agent/environment" in result.stderr
+        elif python_version in ("3.9", "3.10"):
+            assert len(openvino) == 1
+        else:  # no 2022.3 wheel for this Python: say so and what to do, install the rest
+            assert openvino == []
+            assert "OpenVINO 2022.3" in result.stderr and "--python" in result.stderr
+
+
+def test_install_refuses_bad_arguments(tmp_path: Path) -> None:
+    bad = _install("--accelerator", "tpu", "--dry-run")
+    assert bad.returncode == 1 and "--accelerator must be coral, ncs2 or cpu" in bad.stderr
+    missing = _install("--config", str(tmp_path / "nope.yaml"), "--accelerator", "cpu", "--dry-run")
+    assert missing.returncode == 1 and "no such config file" in missing.stderr
+    not_source = _install("--source", str(tmp_path), "--accelerator", "cpu", "--dry-run")
+    assert not_source.returncode == 1 and "not an edgewatch checkout" in not_source.stderr
+    unknown = _install("--frobnicate")
+    assert unknown.returncode == 1 and "unknown option --frobnicate" in unknown.stderr
+    assert _install("--help").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_install_needs_root_unless_dry_run() -> None:
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(INSTALL)]
+    refused = subprocess.run([*as_nobody, "--accelerator", "cpu"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "needs root" in refused.stderr
+    assert refused.stdout == ""  # refused before doing or printing anything
+
+
+def test_install_uses_the_given_config_only_for_a_new_install(tmp_path: Path) -> None:
+    if Path("/etc/edge-agent/config.yaml").exists():
+        pytest.skip("this machine has an edge-agent config")
+    mine = tmp_path / "site.yaml"
+    mine.write_text("device: {id: pi-07}\n")
+    result = _install("--accelerator", "cpu", "--config", str(mine), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"{mine} /etc/edge-agent/config.yaml" in result.stdout
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+def test_make_certs_builds_a_pki_and_keeps_it(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    run = [str(MAKE_CERTS), "-o", str(out), "-b", "broker.example.lan", "-b", "10.0.0.5"]
+    subprocess.run([*run, "pi-01", "operator"], check=True, capture_output=True, timeout=60)
+    ca_before = (out / "ca.crt").read_bytes()
+    pi01_before = (out / "pi-01.crt").read_bytes()
+    subprocess.run([*run, "pi-01", "pi-02"], check=True, capture_output=True, timeout=60)
+    assert (out / "ca.crt").read_bytes() == ca_before  # a second run never replaces the CA...
+    assert (out / "pi-01.crt").read_bytes() == pi01_before  # ...nor an issued certificate
+
+    ca = x509.load_pem_x509_certificate(ca_before)
+    for name in ("broker", "pi-01", "pi-02", "operator"):
+        cert = x509.load_pem_x509_certificate((out / f"{name}.crt").read_bytes())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+        cert.verify_directly_issued_by(ca)
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        wanted = ExtendedKeyUsageOID.SERVER_AUTH if name == "broker" else ExtendedKeyUsageOID.CLIENT_AUTH
+        assert list(usage) == [wanted]
+        assert (out / f"{name}.key").stat().st_mode & 0o077 == 0, "private keys are owner-only"
+    san = x509.load_pem_x509_certificate((out / "broker.crt").read_bytes()).extensions
+    names = san.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["broker.example.lan"]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+
+    bad = subprocess.run([*run, "a/b"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a usable client name" in bad.stderr
+
+
+# --- the broker: edgewatch.conf + acl over mutual TLS ---------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Optional[Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]],
+    usage: Optional[x509.ObjectIdentifier] = None,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def _write_pair(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_config(certs: Path, acl: Path, port: int) -> str:
+    """deploy/mosquitto/edgewatch.conf with only its file paths and port rewritten."""
+    replacements = {
+        "listener": f"listener {port} 127.0.0.1",
+        "cafile": f"cafile {certs / 'ca.crt'}",
+        "certfile": f"certfile {certs / 'broker.crt'}",
+        "keyfile": f"keyfile {certs / 'broker.key'}",
+        "acl_file": f"acl_file {acl}",
+    }
+    lines, seen = [], set()
+    for line in (DEPLOY / "mosquitto" / "edgewatch.conf").read_text().splitlines():
+        key = line.split()[0] if line.strip() and not line.lstrip().startswith("#") else ""
+        if key in replacements:
+            seen.add(key)
+            line = replacements[key]
+        lines.append(line)
+    assert seen == set(replacements), f"edgewatch.conf lacks {set(replacements) - seen}"
+    for required in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false"):
+        assert required in lines, required
+    # Test-only additions: log to the test's output, and stay root (tmp files are root's alone).
+    lines += ["log_dest stderr", "log_type error", "log_type warning", "log_type notice"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Broker:
+    port: int
+    certs: Path
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed")
+    certs = tmp_path_factory.mktemp("broker-certs")
+    ca_key = _key()
+    ca = _cert("edgewatch test CA", ca_key, None)
+    _write_pair(certs, "ca", ca, ca_key)
+    broker_key = _key()
+    _write_pair(
+        certs,
+        "broker",
+        _cert("broker", broker_key, (ca, ca_key), ExtendedKeyUsageOID.SERVER_AUTH),
+        broker_key,
+    )
+    for name in ("pi-01", "pi-02", "operator", "dashboard"):
+        key = _key()
+        _write_pair(certs, name, _cert(name, key, (ca, ca_key), ExtendedKeyUsageOID.CLIENT_AUTH), key)
+    # A client certificate from a CA the broker does not trust.
+    rogue_key = _key()
+    rogue_ca = _cert("rogue CA", rogue_key, None)
+    key = _key()
+    _write_pair(
+        certs, "rogue", _cert("pi-01", key, (rogue_ca, rogue_key), ExtendedKeyUsageOID.CLIENT_AUTH), key
+    )
+
+    acl = certs / "acl"
+    shutil.copy(DEPLOY / "mosquitto" / "acl", acl)
+    port = _free_port()
+    conf = certs / "mosquitto.conf"
+    conf.write_text(broker_config(certs, acl, port))
+    log = certs / "mosquitto.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mosquitto exited {proc.returncode}: {log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mosquitto did not listen on {port}: {log.read_text()}")
+                time.sleep(0.05)
+        yield Broker(port=port, certs=certs, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Client:
+    """A paho MQTT 5 client over mutual TLS that records PUBACK reason codes and messages."""
+
+    name: str
+    mqtt: Any
+    acks: Dict[int, Any] = field(default_factory=dict)
+    messages: List[Tuple[str, bytes]] = field(default_factory=list)
+    subacks: Dict[int, List[Any]] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 10) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout=timeout):
+                raise AssertionError(f"{self.name}: timed out waiting for {what}")
+
+    def publish(self, topic: str, payload: str = "{}") -> int:
+        """Publishes at QoS 1 and returns the broker's PUBACK reason code (0 = accepted,
+        135 = not authorized)."""
+        info = self.mqtt.publish(topic, payload, qos=1)
+        self.wait_for(lambda: info.mid in self.acks, f"PUBACK for {topic}")
+        return int(self.acks[info.mid].value)
+
+    def subscribe(self, topic: str) -> int:
+        result, mid = self.mqtt.subscribe(topic, qos=1)
+        assert result == 0
+        self.wait_for(lambda: mid in self.subacks, f"SUBACK for {topic}")
+        return int(self.subacks[mid][0].value)
+
+    def wait_message(self, topic: str) -> bytes:
+        self.wait_for(lambda: any(t == topic for t, _ in self.messages), f"a message on {topic}")
+        return next(p for t, p in self.messages if t == topic)
+
+
+def _connect(broker: Broker, cert_name: str) -> Tuple[Any, Any]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{cert_name}-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+    )
+    client.tls_set(
+        ca_certs=str(broker.certs / "ca.crt"),
+        certfile=str(broker.certs / f"{cert_name}.crt"),
+        keyfile=str(broker.certs / f"{cert_name}.key"),
+    )
+    connected: Dict[str, Any] = {}
+    done = threading.Event()
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        connected["rc"] = reason_code
+        done.set()
+
+    def on_disconnect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        connected.setdefault("rc", reason_code)
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    return client, (connected, done)
+
+
+@pytest.fixture
+def connect(broker: Broker) -> Iterator[Any]:
+    clients: List[Client] = []
+
+    def make(cert_name: str) -> Client:
+        client, (connected, done) = _connect(broker, cert_name)
+        wrapper = Client(cert_name, client)
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+            with wrapper.cond:
+                wrapper.acks[mid] = reason_code
+                wrapper.cond.notify_all()
+
+        def on_message(c: Any, userdata: Any, message: Any) -> None:
+            with wrapper.cond:
+                wrapper.messages.append((message.topic, message.payload))
+                wrapper.cond.notify_all()
+
+        def on_subscribe(c: Any, userdata: Any, mid: int, reason_codes: List[Any], properties: Any) -> None:
+            with wrapper.cond:
+                wrapper.subacks[mid] = reason_codes
+                wrapper.cond.notify_all()
+
+        client.on_publish, client.on_message, client.on_subscribe = on_publish, on_message, on_subscribe
+        client.connect("localhost", broker.port)  # the name in the broker certificate
+        client.loop_start()
+        clients.append(wrapper)
+        assert done.wait(10), f"{cert_name}: no CONNACK"
+        assert not connected["rc"].is_failure, f"{cert_name}: {connected['rc']}"
+        return wrapper
+
+    yield make
+    for c in clients:
+        c.mqtt.disconnect()
+        c.mqtt.loop_stop()
+
+
+NOT_AUTHORIZED = 135
+
+
+def test_device_publishes_only_under_its_own_id(connect: Any) -> None:
+    operator = connect("operator")
+    assert operator.subscribe("edgewatch/#") == 1  # granted QoS 1: operators read everything
+    pi01 = connect("pi-01")
+
+    # Refused ones first: messages from one client arrive in order, so once the allowed one is
+    # in, a refused one that had slipped through would be in too.
+    assert pi01.publish("edgewatch/pi-02/detections", '{"forged": true}') == NOT_AUTHORIZED
+    assert pi01.publish("edgewatch/pi-01/cmd", '{"self": true}') == NOT_AUTHORIZED
+    assert pi01.publish("edgewatch/group/site-a/cmd", '{"group": true}') == NOT_AUTHORIZED
+    assert pi01.publish("other/topic") == NOT_AUTHORIZED
+    for suffix in ("detections", "status", "events", "cmd/result", "snapshot"):
+        assert pi01.publish(f"edgewatch/pi-01/{suffix}", '{"ok": true}') == 0, suffix
+    assert operator.wait_message("edgewatch/pi-01/snapshot") == b'{"ok": true}'
+    topics = {t for t, _ in operator.messages}
+    assert "edgewatch/pi-02/detections" not in topics
+    assert "edgewatch/pi-01/cmd" not in topics and "edgewatch/group/site-a/cmd" not in topics
+
+
+def test_operator_commands_reach_the_device(connect: Any) -> None:
+    pi01 = connect("pi-01")
+    assert pi01.subscribe("edgewatch/pi-01/cmd") == 1
+    assert pi01.subscribe("edgewatch/group/site-a/cmd") == 1
+    operator = connect("operator")
+    assert operator.publish("edgewatch/pi-01/cmd", '{"id": "c1"}') == 0
+    assert pi01.wait_message("edgewatch/pi-01/cmd") == b'{"id": "c1"}'
+    assert operator.publish("edgewatch/group/site-a/cmd", '{"id": "c2"}') == 0
+    assert pi01.wait_message("edgewatch/group/site-a/cmd") == b'{"id": "c2"}'
+    # An operator sends commands; it does not speak for devices.
+    assert operator.publish("edgewatch/pi-01/detections") == NOT_AUTHORIZED
+
+
+def test_a_device_does_not_read_another_devices_commands(connect: Any) -> None:
+    pi02 = connect("pi-02")
+    pi02.subscribe("edgewatch/pi-01/cmd")  # may be granted as a filter, but nothing is delivered
+    assert pi02.subscribe("edgewatch/pi-02/cmd") == 1
+    operator = connect("operator")
+    assert operator.publish("edgewatch/pi-01/cmd", '{"id": "secret"}') == 0
+    assert operator.publish("edgewatch/pi-02/cmd", '{"id": "mine"}') == 0
+    assert pi02.wait_message("edgewatch/pi-02/cmd") == b'{"id": "mine"}'
+    assert [t for t, _ in pi02.messages] == ["edgewatch/pi-02/cmd"]
+
+
+def test_dashboard_only_reads(connect: Any) -> None:
+    dashboard = connect("dashboard")
+    assert dashboard.subscribe("edgewatch/+/detections") == 1
+    pi01 = connect("pi-01")
+    assert dashboard.publish("edgewatch/pi-01/cmd") == NOT_AUTHORIZED
+    assert dashboard.publish("edgewatch/pi-01/detections") == NOT_AUTHORIZED
+    assert pi01.publish("edgewatch/pi-01/detections", '{"seq": 1}') == 0
+    assert dashboard.wait_message("edgewatch/pi-01/detections") == b'{"seq": 1}'
+
+
+def test_no_trusted_certificate_no_connection(broker: Broker) -> None:
+    client, (connected, done) = _connect(broker, "rogue")
+    try:
+        client.connect("localhost", broker.port)
+    except OSError:  # refused within the TLS handshake (TLS 1.2: ssl.SSLError)
+        return
+    try:
+        client.loop_start()
+        # TLS 1.3 checks the client certificate after the client's side of the handshake: the
+        # broker's alert then ends the connection before any CONNACK.
+        assert done.wait(10), "neither CONNACK nor disconnect"
+        assert connected["rc"].is_failure, connected
+    finally:
+        client.loop_stop()
