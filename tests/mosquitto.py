@@ -1,0 +1,540 @@
+"""A real Mosquitto broker on loopback for tests (SPEC §8), and what tests need around it.
+
+- :class:`Mosquitto`: writes a config into a directory, runs ``mosquitto -c`` on a free
+  127.0.0.1 port, and can be stopped and started again ON THE SAME PORT to simulate an outage
+  (``persistence false``: a restart loses every session and retained message, as a broker that
+  crashed would). Optional TLS listener (``tls=make_tls_files(dir)``, ``require_certificate``
+  for mutual TLS) and password authentication (``users={...}``, made with ``mosquitto_passwd``).
+- :func:`make_tls_files`: a CA, a server certificate for 127.0.0.1/localhost and a client
+  certificate, generated with ``cryptography``.
+- :class:`Subscriber`: a paho client that records what arrives, for assertions (with a deadline).
+- :class:`TcpGate`: a TCP forwarder between one client and the broker, to cut and restore that
+  client's network without touching anyone else's connection.
+
+Fixtures (in a test module: ``pytest_plugins = ["tests.mosquitto"]``, or import them in conftest.py):
+``mosquitto`` (function scope: a started broker, stopped afterwards) and ``mqtt_subscriber``
+(a factory ``mqtt_subscriber(broker, topics, **kw) -> Subscriber``, closed afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+DEFAULT_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it holds; fail the test with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """A private CA and two leaf certificates signed by it (EC P-256: quick to make)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.write_bytes(pem)
+        return path
+
+    def write_cert(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("edgewatch test CA"))
+        .issuer_name(name("edgewatch test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: Any, san: Optional[List[x509.GeneralName]]) -> Tuple[Any, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    server_key, server_cert = leaf(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_key, client_cert = leaf("edge-agent", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    return TLSFiles(
+        ca=write_cert(ca_cert, directory / "ca.crt"),
+        server_cert=write_cert(server_cert, directory / "server.crt"),
+        server_key=write_key(server_key, directory / "server.key"),
+        client_cert=write_cert(client_cert, directory / "client.crt"),
+        client_key=write_key(client_key, directory / "client.key"),
+    )
+
+
+def make_password_file(path: Path, users: Dict[str, str]) -> Path:
+    """A Mosquitto password file, hashed by ``mosquitto_passwd`` (the test is skipped without it)."""
+    if not os.access(MOSQUITTO_PASSWD, os.X_OK):
+        pytest.skip("mosquitto_passwd is not installed")
+    path.write_text("")
+    for user, password in users.items():
+        subprocess.run([MOSQUITTO_PASSWD, "-b", str(path), user, password], check=True, capture_output=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------- broker
+
+
+class Mosquitto:
+    """One broker process; ``stop()`` and ``start()`` again keep its ports."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: Optional[TLSFiles] = None,
+        require_certificate: bool = False,
+        users: Optional[Dict[str, str]] = None,
+    ) -> None:
+        if not os.access(MOSQUITTO, os.X_OK):
+            pytest.skip("mosquitto is not installed")
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.tls = tls
+        self.tls_port: Optional[int] = free_port() if tls is not None else None
+        self.users = dict(users or {})
+        self.password_file = make_password_file(directory / "passwords", self.users) if users else None
+        self.log_path = directory / "mosquitto.log"
+        self.config_path = directory / "mosquitto.conf"
+        self.config_path.write_text(self._config(require_certificate))
+        self._process: Optional[subprocess.Popen[bytes]] = None
+
+    def _config(self, require_certificate: bool) -> str:
+        lines = [
+            "per_listener_settings false",
+            "persistence false",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_type subscribe",
+            "connection_messages true",
+            f"allow_anonymous {'false' if self.password_file else 'true'}",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it switches to the "mosquitto" user, who cannot read tmp_path
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        lines.append(f"listener {self.port} {self.host}")
+        if self.tls is not None:
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                f"cafile {self.tls.ca}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                f"require_certificate {'true' if require_certificate else 'false'}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if self.running:
+            return
+        self._process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        ports = [p for p in (self.port, self.tls_port) if p is not None]
+        deadline = time.monotonic() + timeout
+        while not all(self._accepts(p) for p in ports):
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise RuntimeError(f"mosquitto exited ({self._process.returncode}): {err}\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not open its ports in {timeout} s\n{self.log()}")
+            time.sleep(0.02)
+
+    def _accepts(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the broker's log")
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------- subscriber
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: Optional[str] = None
+    correlation_data: Optional[bytes] = None
+    content_type: Optional[str] = None
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """A paho client subscribed (SUBACK received) to ``topics`` once constructed."""
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topics: Sequence[str],
+        *,
+        protocol: int = 5,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        client_id: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._mqtt = mqtt
+        self.messages: List[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._connected = threading.Event()
+        cid = client_id or f"test-sub-{time.monotonic_ns()}"
+        v5 = protocol == 5
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cid,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda *a: self._connected.set()
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.close()
+            raise AssertionError(f"subscriber could not connect\n{broker.log()}")
+        if topics:
+            self.client.subscribe([(topic, 1) for topic in topics])
+            if not self._subscribed.wait(timeout):
+                self.close()
+                raise AssertionError("subscriber got no SUBACK")
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        props = message.properties
+        with self._lock:
+            self.messages.append(
+                Received(
+                    topic=message.topic,
+                    payload=bytes(message.payload),
+                    qos=message.qos,
+                    retain=bool(message.retain),
+                    response_topic=getattr(props, "ResponseTopic", None),
+                    correlation_data=getattr(props, "CorrelationData", None),
+                    content_type=getattr(props, "ContentType", None),
+                )
+            )
+
+    def received(self, topic: Optional[str] = None) -> List[Received]:
+        with self._lock:
+            return [m for m in self.messages if topic is None or m.topic == topic]
+
+    def wait_for(
+        self, predicate: Callable[[List[Received]], bool], timeout: float = DEFAULT_TIMEOUT, what: str = ""
+    ) -> List[Received]:
+        """Wait until ``predicate(all messages so far)`` holds; returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.received()
+            if predicate(messages):
+                return messages
+            if time.monotonic() > deadline:
+                seen = [(m.topic, m.payload[:200]) for m in messages]
+                raise AssertionError(f"timed out waiting for {what or 'messages'}; received {seen}")
+            time.sleep(0.02)
+
+    def wait_count(self, topic: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> List[Received]:
+        self.wait_for(lambda ms: sum(m.topic == topic for m in ms) >= count, timeout, f"{count} on {topic}")
+        return self.received(topic)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Any = None
+    ) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        info.wait_for_publish(DEFAULT_TIMEOUT)
+
+    def barrier(self, topic: str = "test/barrier", timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Publish a marker to ourselves and wait for it: whatever the broker sent us before it
+        has arrived by then (one connection delivers in order)."""
+        marker = f"barrier-{time.monotonic_ns()}".encode()
+        self._subscribed.clear()
+        self.client.subscribe(topic, 1)
+        if not self._subscribed.wait(timeout):
+            raise AssertionError("subscriber got no SUBACK for the barrier")
+        self.publish(topic, marker)
+        self.wait_for(lambda ms: any(m.payload == marker for m in ms), timeout, "the barrier marker")
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+# --------------------------------------------------------------------------------------- network cut
+
+
+class TcpGate:
+    """Forwards 127.0.0.1:``port`` to the broker. ``close()`` cuts every connection through it and
+    refuses new ones (a network outage for whoever connects through it); ``open()`` restores it on
+    the same port."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._listener: Optional[socket.socket] = None
+        self._accepting: Optional[threading.Thread] = None
+        self._connections: List[Tuple[socket.socket, socket.socket]] = []
+        self._frozen = threading.Event()
+        self.open()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(16)
+            listener.settimeout(0.1)
+            self._listener = listener
+        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accepting.start()
+
+    def freeze(self) -> None:
+        """Hold every byte in both directions (a network that silently stops) until ``thaw()``;
+        ``close()`` then discards what was held."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, []
+        if listener is not None:
+            listener.close()
+        if self._accepting is not None:
+            self._accepting.join(timeout=5)
+        for pair in connections:
+            for sock in pair:
+                # Only shut down: the pump thread owns the sockets and closes them when it sees EOF.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        # Frozen pumps wake up to find their sockets shut: what they held is never delivered.
+        self._frozen.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            with self._lock:
+                if self._listener is not listener:
+                    return
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=2)
+            except OSError:
+                _shutdown(client)
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    _shutdown(client)
+                    _shutdown(upstream)
+                    return
+                self._connections.append((client, upstream))
+            threading.Thread(target=_pump, args=(client, upstream, self._frozen), daemon=True).start()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _pump(a: socket.socket, b: socket.socket, frozen: threading.Event) -> None:
+    a.settimeout(None)
+    b.settimeout(None)
+    peers = {a: b, b: a}
+    try:
+        while True:
+            readable, _, _ = select.select([a, b], [], [], 0.5)
+            if frozen.is_set():
+                time.sleep(0.02)  # leave the bytes where they are
+                continue
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                peers[sock].sendall(data)
+    except (OSError, ValueError):
+        return
+    finally:
+        _shutdown(a)
+        _shutdown(b)
+
+
+# --------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mqtt_subscriber() -> Iterator[Callable[..., Subscriber]]:
+    made: List[Subscriber] = []
+
+    def make(broker: Mosquitto, topics: Sequence[str], **kwargs: Any) -> Subscriber:
+        subscriber = Subscriber(broker, topics, **kwargs)
+        made.append(subscriber)
+        return subscriber
+
+    yield make
+    for subscriber in made:
+        subscriber.close()
