@@ -41,6 +41,10 @@ typecheck: venv
 pytest: venv
 	$(PY) -m pytest -q
 
+# The whole loop on this machine: embedded broker, synthetic camera, live swap (SPEC §8).
+demo: venv
+	$(VENV)/bin/edge-agent demo
+
 bench: venv
 	$(PY) -m tests.models.build $(EDGEWATCH_TEST_MODELS)
 	$(VENV)/bin/edge-agent bench --bundle $(EDGEWATCH_TEST_MODELS)/shapes --backend tflite --seconds 10 --pretty

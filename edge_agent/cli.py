@@ -116,6 +116,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .systemd import setup_logging
 
     setup_logging(args.verbose)
+    if not args.verbose:
+        # the demo prints what a dashboard sees; the agent's own log only with -v
+        logging.getLogger("edge_agent").setLevel(logging.WARNING)
     return run_demo(
         broker=args.broker,
         seconds=args.seconds,

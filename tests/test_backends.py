@@ -14,9 +14,9 @@ import pytest
 from edge_agent.backends import coral, registry
 from edge_agent.backends.auto import choose, plan
 from edge_agent.bundle import load_bundle
-from edge_agent.loading import open_detector
 from edge_agent.detector import Detector
 from edge_agent.errors import BackendError, BackendUnavailable, DecoderError
+from edge_agent.loading import open_detector
 
 
 def have(module: str) -> bool:

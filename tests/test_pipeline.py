@@ -190,7 +190,10 @@ def test_heartbeat_runs_without_a_model_and_a_first_model_can_be_swapped_in(dete
     out = Collector()
     beats = []
     pipe = Pipeline(
-        SyntheticSource("synthetic:6", 320, 240, fps=100), "live", out.result, heartbeat=lambda: beats.append(1)
+        SyntheticSource("synthetic:6", 320, 240, fps=100),
+        "live",
+        out.result,
+        heartbeat=lambda: beats.append(1),
     )
     pipe.start(None)
     wait_for(lambda: len(beats) > 5)
@@ -216,7 +219,9 @@ def test_frame_buffer_every_mode_blocks_instead_of_dropping():
 
 
 def _det(label: str, x: float) -> DetectionOut:
-    return DetectionOut(label=label, class_id=0, score=0.9, box=BoxOut(xmin=x, ymin=0.1, xmax=x + 0.2, ymax=0.3))
+    return DetectionOut(
+        label=label, class_id=0, score=0.9, box=BoxOut(xmin=x, ymin=0.1, xmax=x + 0.2, ymax=0.3)
+    )
 
 
 def test_publish_policy_modes_and_rate():

@@ -44,6 +44,26 @@ def _broker(url: Optional[str]) -> Tuple[str, int, Any]:
     return "127.0.0.1", port, broker
 
 
+def _free_or_any(listen: str) -> str:
+    """The live view's address, or the same host on a free port when that one is taken."""
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+        except (OSError, ValueError):
+            print(f"{listen} is taken; the live view takes a free port", flush=True)
+            return f"{host}:0"
+    return listen
+
+
+def _map50(bundle: str) -> str:
+    metrics = json.loads((BUNDLES_DIR / bundle / MANIFEST).read_text()).get("metrics") or {}
+    value = metrics.get("map50")
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
+
+
 def _prepare(workdir: Path) -> Tuple[Path, Path]:
     """Fresh store, a throwaway signing key, and signed copies of both bundles."""
     for leftover in ("store", "bundles"):
@@ -100,6 +120,8 @@ class Watcher:
             elif topic == "result":
                 self.results.append(doc)
                 extra = doc.get("stage") or doc.get("detail") or ""
+                if doc.get("progress") is not None:
+                    extra += f" {doc['progress']:.0%}"
                 print(f"  deploy {doc['status']} {extra}", flush=True)
             elif topic == "events":
                 details = {k: v for k, v in doc.items() if k not in ("type", "ts")}
@@ -142,10 +164,14 @@ def run_demo(
     # amqtt speaks MQTT 3.1.1 only; a given broker (mosquitto) gets MQTT 5.
     protocol = 311 if embedded is not None else 5
     key_path, pub_path = _prepare(root)
+    if http:
+        http = _free_or_any(http)
     config = AgentConfig.model_validate(
         {
             "device": {"id": DEVICE},
             "camera": {"source": "synthetic:7", "width": 640, "height": 480, "fps": 15, "mode": "live"},
+            # 0.5 rather than the bundles' 0.3: fewer low-score duplicates in the printout
+            "detector": {"score_threshold": 0.5},
             "model": {"bundle": str(root / "bundles" / FIRST)},
             "store": {"dir": str(root / "store")},
             "mqtt": {"host": host, "port": port, "protocol": protocol, "topic_prefix": PREFIX},
@@ -155,14 +181,24 @@ def run_demo(
         }
     )
     print(f"edgewatch demo: broker mqtt://{host}:{port}, store {root / 'store'}", flush=True)
+    print(
+        f"shapes {FIRST.split('-')[1]} is deliberately under-trained (mAP@0.5 {_map50(FIRST)});"
+        f" after {swap_after:g} s a signed deploy command swaps in {SECOND.split('-')[1]}"
+        f" (mAP@0.5 {_map50(SECOND)}) without stopping the camera.",
+        flush=True,
+    )
     agent = Agent(config)
     runner = threading.Thread(target=agent.run, name="edge-agent", daemon=True)
     watcher = Watcher(host, port, protocol)
     runner.start()
-    if http and agent.http is None:
-        time.sleep(0.5)
     if http:
-        print(f"live view: http://{http}/  (health: /healthz, metrics: /metrics)", flush=True)
+        deadline = time.monotonic() + 30
+        while agent.http is None and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if agent.http is not None:
+            host_part = http.rsplit(":", 1)[0]
+            url = f"http://{host_part}:{agent.http.port}/"
+            print(f"live view: {url}  (health: {url}healthz, metrics: {url}metrics)", flush=True)
     try:
         started = time.monotonic()
         swapped = False

@@ -199,8 +199,11 @@ class Agent:
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
             detector, reasons = open_detector(str(bundle_dir), "auto", None, d.threads, self._thresholds())
             reasons = [f"{name}: {e}", *reasons]
-        if reasons:
-            self._event("backend_fallback", {"backend": detector.backend.name, "skipped": reasons})
+        # A backend skipped because the bundle has no artifact for it is not a fallback; one
+        # skipped because its accelerator is missing or failed is (an unplugged Coral, say).
+        fallbacks = [r for r in reasons if "the bundle has no" not in r]
+        if fallbacks:
+            self._event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
         return detector
 
     def _initial_detector(self) -> Optional[Detector]:
@@ -379,7 +382,7 @@ class Agent:
             id=command_id,
             device=self.config.device.id,
             ts=utc_now_iso(),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             stage=stage,
             detail=detail,
             progress=None if progress is None else round(progress, 3),
