@@ -87,3 +87,51 @@ def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]
         "decode_ms": percentiles(post),
         "seconds": seconds,
     }
+
+
+def pipeline(detector: Detector, width: int, height: int, seconds: float) -> Dict[str, Any]:
+    """Frames per second end to end (synthetic camera -> detector -> JSON message), first one
+    step after the other, then through the service's pipeline, where capture, inference and
+    publishing overlap. Both on this machine in one run, so their ratio is what to compare."""
+    import json
+
+    from .service.pipeline import Pipeline, Processed
+    from .sources.synthetic import SyntheticSource
+
+    def message(p: Processed) -> bytes:
+        return json.dumps([d.model_dump() for d in p.detections]).encode()
+
+    detector.warm()
+    half = seconds / 2
+    source = SyntheticSource("synthetic:0", width, height)
+    source.open()
+    serial = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < half:
+        frame = source.read()
+        assert frame is not None
+        result = detector.detect(frame.image)
+        json.dumps([d.model_dump() for d in result.detections]).encode()
+        serial += 1
+    serial_fps = serial / (time.perf_counter() - start)
+    source.close()
+
+    done: List[int] = []
+    pipe = Pipeline(
+        SyntheticSource("synthetic:0", width, height), "every", lambda p: done.append(len(message(p)))
+    )
+    start = time.perf_counter()
+    pipe.start(detector)
+    time.sleep(half)
+    processed = pipe.stats.processed
+    elapsed = time.perf_counter() - start
+    pipe.stop()
+    piped_fps = processed / elapsed
+    return {
+        "frame": {"width": width, "height": height},
+        "backend": detector.backend.name,
+        "serial_fps": round(serial_fps, 1),
+        "pipelined_fps": round(piped_fps, 1),
+        "speedup": round(piped_fps / serial_fps, 2) if serial_fps else None,
+        "inference_ms": round(pipe.stats.inference_ms, 2),
+    }

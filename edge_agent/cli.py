@@ -84,7 +84,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         gen = SceneGenerator(width=args.width, height=args.height, seed=0)
         image, _ = gen.render(0)
-        report = bench.run(detector, image, args.seconds)
+        if args.pipeline:
+            report = bench.pipeline(detector, args.width, args.height, args.seconds)
+        else:
+            report = bench.run(detector, image, args.seconds)
         if reasons:
             report["auto_skipped"] = reasons
         print(json.dumps(report, indent=2 if args.pretty else None))
@@ -170,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640, help="synthetic frame width")
     p.add_argument("--height", type=int, default=480, help="synthetic frame height")
     p.add_argument("--pretty", action="store_true")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="camera-to-message fps: step by step vs the service's pipeline",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check-config", help="validate a configuration and print the effective one")

@@ -332,3 +332,51 @@ def test_restart_resumes_the_current_version_and_delivers_the_queue(world: World
     # the restarted agent served v2 from its store, not the configured v1 bundle
     after_restart = [d for d in world.dash.get("detections") if d["seq"] > max(seqs) - 20]
     assert {d["model"]["version"] for d in after_restart} == {V2}
+
+
+def test_operator_commands_on_a_running_agent(world: World):
+    key = str(world.root / "op.key")
+    world.agent.start()
+    world.serving(V1)
+
+    proc = world.ctl("status", "--device", DEVICE, "--key", key, "--wait", "--timeout", "30")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = _results(proc)[-1]["data"]
+    assert data["model"] == {"name": "shapes", "version": V1} and data["backend"] == "tflite"
+
+    # set: a threshold nothing reaches empties the detections; the change survives in the store
+    proc = world.ctl("set", "--device", DEVICE, "--key", key, "--wait", "score_threshold=0.999")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    n = len(world.dash.get("detections"))
+    wait_for(lambda: len(world.dash.get("detections")) > n + 10)
+    assert all(d["detections"] == [] for d in world.dash.get("detections")[-5:])
+    assert json.loads((world.root / "store" / "settings.json").read_text()) == {"score_threshold": 0.999}
+
+    proc = world.ctl("snapshot", "--device", DEVICE, "--key", key, "--out", str(world.root / "snap.jpg"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (world.root / "snap.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+    proc = world.ctl("pause", "--device", DEVICE, "--key", key, "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    time.sleep(0.3)
+    n = len(world.dash.get("detections"))
+    time.sleep(0.8)
+    assert len(world.dash.get("detections")) == n
+    proc = world.ctl("resume", "--device", DEVICE, "--key", key, "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_for(lambda: len(world.dash.get("detections")) > n + 5)
+
+    # unsigned, and signed by a stranger: rejected, and the agent keeps serving
+    proc = world.ctl("status", "--device", DEVICE, "--wait", "--timeout", "30")
+    assert proc.returncode == 1 and _results(proc)[-1]["status"] == "rejected"
+    stranger, _ = generate_keypair()
+    (world.root / "stranger.key").write_bytes(stranger)
+    proc = world.ctl("status", "--device", DEVICE, "--key", str(world.root / "stranger.key"), "--wait")
+    assert proc.returncode == 1 and "signature" in _results(proc)[-1]["detail"]
+    # garbage on the command topic is dropped without an answer and without harm
+    world.dash.client.publish(f"{PREFIX}/{DEVICE}/cmd", b"\x00not json", qos=1).wait_for_publish(5)
+    n = len(world.dash.get("detections"))
+    wait_for(lambda: len(world.dash.get("detections")) > n + 5)
+    assert world.agent.alive()
+    assert world.agent.stop() == 0
+    assert_every_frame_once(world.dash.get("detections"))

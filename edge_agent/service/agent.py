@@ -182,7 +182,8 @@ class Agent:
         return Thresholds(
             score_threshold=s.score_threshold,
             iou_threshold=s.iou_threshold,
-            labels=tuple(s.labels) if s.labels is not None else None,
+            # `set labels=` with an empty list clears the filter: every label is reported again
+            labels=tuple(s.labels) if s.labels else None,
         )
 
     def _open(self, bundle_dir: Path, backend: Optional[str]) -> Detector:
@@ -216,11 +217,15 @@ class Agent:
         for sv in store.versions():
             try:
                 detector = self._open(sv.dir, None)
+                try:
+                    detector.warm()
+                except Exception:
+                    _close_detector(detector)
+                    raise
             except EdgewatchError as e:
                 log.error("%s %s does not load: %s", sv.name, sv.version, e)
                 self._event("model_failed", {"model": _ref(sv), "stage": "loading", "detail": str(e)})
                 continue
-            detector.warm()
             if sv != store.current():
                 store.set_current(sv)
             return detector
