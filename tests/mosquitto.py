@@ -5,8 +5,8 @@
   (``persistence false``: a restart loses every session and retained message, as a broker that
   crashed would). Optional TLS listener (``tls=make_tls_files(dir)``, ``require_certificate``
   for mutual TLS) and password authentication (``users={...}``, made with ``mosquitto_passwd``).
-- :func:`make_tls_files`: a CA, a server certificate for 127.0.0.1/localhost and a client
-  certificate, generated with ``cryptography``.
+- TLS files come from :func:`tests.pki.make_tls_files` (a CA, a server certificate for
+  127.0.0.1/localhost and a client certificate, generated with ``cryptography``).
 - :class:`Subscriber`: a paho client that records what arrives, for assertions (with a deadline).
 - :class:`TcpGate`: a TCP forwarder between one client and the broker, to cut and restore that
   client's network without touching anyone else's connection.
@@ -19,8 +19,6 @@ Fixtures (in a test module: ``pytest_plugins = ["tests.mosquitto"]``, or import 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import select
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
+
+from tests.pki import TLSFiles
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -58,102 +58,6 @@ def wait_until(
 
 
 # --------------------------------------------------------------------------------------- TLS
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_tls_files(directory: Path) -> TLSFiles:
-    """A private CA and two leaf certificates signed by it (EC P-256: quick to make)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        path.write_bytes(pem)
-        return path
-
-    def write_cert(cert: x509.Certificate, path: Path) -> Path:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("edgewatch test CA"))
-        .issuer_name(name("edgewatch test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(cn: str, usage: Any, san: Optional[List[x509.GeneralName]]) -> Tuple[Any, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return key, builder.sign(ca_key, hashes.SHA256())
-
-    server_key, server_cert = leaf(
-        "localhost",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    client_key, client_cert = leaf("edge-agent", ExtendedKeyUsageOID.CLIENT_AUTH, None)
-    return TLSFiles(
-        ca=write_cert(ca_cert, directory / "ca.crt"),
-        server_cert=write_cert(server_cert, directory / "server.crt"),
-        server_key=write_key(server_key, directory / "server.key"),
-        client_cert=write_cert(client_cert, directory / "client.crt"),
-        client_key=write_key(client_key, directory / "client.key"),
-    )
 
 
 def make_password_file(path: Path, users: Dict[str, str]) -> Path:

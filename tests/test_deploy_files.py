@@ -4,7 +4,6 @@ TLS with paho clients."""
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
@@ -22,11 +21,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.config import load_config
+from tests.pki import certificate, new_key, write_cert, write_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -296,47 +295,9 @@ def test_make_certs_builds_a_pki_and_keeps_it(tmp_path: Path) -> None:
 # --- the broker: edgewatch.conf + acl over mutual TLS ---------------------------------------
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: Optional[Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]],
-    usage: Optional[x509.ObjectIdentifier] = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer[0].subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
 def _write_pair(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    write_cert(cert, directory / f"{name}.crt")
+    write_key(key, directory / f"{name}.key")
 
 
 def _free_port() -> int:
@@ -383,25 +344,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
     certs = tmp_path_factory.mktemp("broker-certs")
-    ca_key = _key()
-    ca = _cert("edgewatch test CA", ca_key, None)
+    ca_key = new_key()
+    ca = certificate("edgewatch test CA", ca_key, None)
     _write_pair(certs, "ca", ca, ca_key)
-    broker_key = _key()
+    broker_key = new_key()
     _write_pair(
         certs,
         "broker",
-        _cert("broker", broker_key, (ca, ca_key), ExtendedKeyUsageOID.SERVER_AUTH),
+        certificate("broker", broker_key, (ca, ca_key), ExtendedKeyUsageOID.SERVER_AUTH),
         broker_key,
     )
     for name in ("pi-01", "pi-02", "operator", "dashboard"):
-        key = _key()
-        _write_pair(certs, name, _cert(name, key, (ca, ca_key), ExtendedKeyUsageOID.CLIENT_AUTH), key)
+        key = new_key()
+        _write_pair(certs, name, certificate(name, key, (ca, ca_key), ExtendedKeyUsageOID.CLIENT_AUTH), key)
     # A client certificate from a CA the broker does not trust.
-    rogue_key = _key()
-    rogue_ca = _cert("rogue CA", rogue_key, None)
-    key = _key()
+    rogue_key = new_key()
+    rogue_ca = certificate("rogue CA", rogue_key, None)
+    key = new_key()
     _write_pair(
-        certs, "rogue", _cert("pi-01", key, (rogue_ca, rogue_key), ExtendedKeyUsageOID.CLIENT_AUTH), key
+        certs, "rogue", certificate("pi-01", key, (rogue_ca, rogue_key), ExtendedKeyUsageOID.CLIENT_AUTH), key
     )
 
     acl = certs / "acl"

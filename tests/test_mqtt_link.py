@@ -21,7 +21,8 @@ from edge_agent.config import ConfigError, MQTTConfig
 from edge_agent.mqtt import IncomingCommand, MqttLink, Outbox, Topics
 
 pytest.register_assert_rewrite("tests.mosquitto")  # before the import below: it is also a plugin
-from tests.mosquitto import Mosquitto, Subscriber, TcpGate, make_tls_files, wait_until  # noqa: E402
+from tests.mosquitto import Mosquitto, Subscriber, TcpGate, wait_until  # noqa: E402
+from tests.pki import make_tls_files  # noqa: E402
 
 pytest_plugins = ["tests.mosquitto"]  # the `mosquitto` and `mqtt_subscriber` fixtures
 
