@@ -147,7 +147,30 @@ def summarize(detections: List[Dict[str, Any]]) -> Dict[str, Any]:
     counts: Dict[str, int] = {}
     for d in detections:
         counts[d["model"]["version"]] = counts.get(d["model"]["version"], 0) + 1
-    return {"messages": len(detections), "per_version": counts, "switches": switches, "seq_gaps": gaps}
+    summary: Dict[str, Any] = {
+        "messages": len(detections),
+        "per_version": counts,
+        "switches": switches,
+        "seq_gaps": gaps,
+    }
+    # Did the camera stall while the new model loaded? Compare the capture times of the two
+    # frames either side of the switch with the usual interval between frames.
+    times = [_epoch(d["ts"]) for d in detections]
+    intervals = sorted(b - a for a, b in zip(times, times[1:]))
+    if intervals:
+        summary["median_frame_interval_ms"] = round(intervals[len(intervals) // 2] * 1000, 1)
+    summary["switch_interval_ms"] = [
+        round((times[i + 1] - times[i]) * 1000, 1)
+        for i, (a, b) in enumerate(zip(detections, detections[1:]))
+        if a["model"]["version"] != b["model"]["version"]
+    ]
+    return summary
+
+
+def _epoch(ts: str) -> float:
+    from ..commands.envelope import parse_rfc3339
+
+    return parse_rfc3339(ts)
 
 
 def run_demo(
