@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # Where the test fixtures keep the models they build (TensorFlow), reused between runs.
 export EDGEWATCH_TEST_MODELS ?= $(CURDIR)/.cache/test-models
 
-APT_PACKAGES := mosquitto shellcheck openssl
+# libsystemd-dev and pkg-config build systemd-python (the `pi` and `dev` extras)
+APT_PACKAGES := mosquitto shellcheck openssl libsystemd-dev pkg-config
 
 .PHONY: test lint typecheck pytest venv apt demo clean test-py39 check-ov2022 bench
 
