@@ -83,10 +83,13 @@ class AgentProcess:
         self.config, self.log = config, log
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self) -> None:
+    def start(self, env: Optional[Dict[str, str]] = None) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "edge-agent"), "run", "-c", str(self.config)], stdout=log, stderr=log
+                [str(BIN / "edge-agent"), "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **(env or {})},
             )
 
     def stop(self) -> int:
@@ -380,3 +383,34 @@ def test_operator_commands_on_a_running_agent(world: World):
     assert world.agent.alive()
     assert world.agent.stop() == 0
     assert_every_frame_once(world.dash.get("detections"))
+
+
+def test_systemd_notify_contract(world: World, tmp_path: Path):
+    """What systemd sees of a `Type=notify` service with `WatchdogSec=`: READY=1 only once
+    frames are processed, WATCHDOG=1 pings from the frame loop, STATUS= naming model, backend
+    and fps, and STOPPING=1 on SIGTERM — through the real $NOTIFY_SOCKET datagram protocol."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    received: List[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                received.append(sock.recv(4096).decode())
+            except socket.timeout:
+                return
+
+    world.agent.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+    wait_for(lambda: drain() or any("READY=1" in m for m in received), what="READY=1")
+    ready = next(m for m in received if "READY=1" in m)
+    assert "STATUS=shapes 1.0.0 on tflite" in ready
+    wait_for(lambda: len(world.dash.get("detections")) >= 1, what="detections after READY")
+    wait_for(lambda: drain() or sum("WATCHDOG=1" in m for m in received) >= 3, what="watchdog pings")
+    assert world.agent.stop() == 0
+    drain()
+    assert any("STOPPING=1" in m for m in received)
+    sock.close()
