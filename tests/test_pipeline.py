@@ -239,3 +239,39 @@ def test_publish_policy_modes_and_rate():
     capped = PublishPolicy("all", max_rate_hz=2)
     sent = [t / 10 for t in range(20) if capped.decide([], t / 10)]
     assert sent == [0.0, 0.5, 1.0, 1.5]
+
+
+class Unplugged(Exception):
+    pass
+
+
+def test_a_detector_failing_every_frame_is_reported_sparingly_and_handed_over(detectors, monkeypatch):
+    """An accelerator pulled out mid-run fails every frame: 1st and 10th failure reported, the
+    owner asked once to bring up a replacement, and frames flow again after the swap."""
+    a, b = detectors
+    out = Collector()
+    failing: List[str] = []
+    pipe = Pipeline(
+        SyntheticSource("synthetic:8", 320, 240, fps=200, frames=200),
+        "every",
+        out.result,
+        out.event,
+        on_failing=lambda detector, reason: failing.append(reason),
+        failure_limit=10,
+    )
+
+    def unplugged(tensor: Any) -> Any:
+        raise Unplugged("EdgeTPU usb:0: device disconnected")
+
+    pipe.start(a)
+    wait_for(lambda: len(out.items) >= 5)
+    monkeypatch.setattr(a.backend, "submit", unplugged)  # the thinnest boundary: the device call
+    wait_for(lambda: len(failing) == 1)
+    wait_for(lambda: sum(1 for k, _ in out.events if k == "inference_failed") == 2)
+    pipe.swap(b)
+    n = len(out.items)
+    wait_for(lambda: pipe.ended.is_set() and len(out.items) > n + 20)
+    pipe.stop()
+    reported = [d["in_a_row"] for k, d in out.events if k == "inference_failed"]
+    assert reported[:2] == [1, 10] and failing == ["EdgeTPU usb:0: device disconnected"]
+    assert all(p.detector is b for p in out.items[n:])

@@ -66,6 +66,8 @@ class Agent:
         self._last: Optional[Processed] = None
         self._previous_detector: Optional[Detector] = None
         self._deploy_thread: Optional[threading.Thread] = None
+        self._switching = threading.Lock()  # one detector switch at a time: deploy or reload
+        self._reloading = threading.Event()
         self.notifier = Notifier()
         self.pipeline: Optional[Pipeline] = None
         self.link: Optional[MqttLink] = None
@@ -129,6 +131,7 @@ class Agent:
             on_result=self._on_result,
             on_event=self._event,
             heartbeat=self.notifier.watchdog,
+            on_failing=self._on_failing,
         )
         self.pipeline.start(detector)
         threading.Thread(target=self._command_loop, name="edge-agent-commands", daemon=True).start()
@@ -237,7 +240,63 @@ class Agent:
 
     def _activate(self, detector: Detector) -> None:
         assert self.pipeline is not None
-        self._previous_detector = self.pipeline.swap(detector, timeout=self.stage_timeouts.activating)
+        with self._switching:
+            self._previous_detector = self.pipeline.swap(detector, timeout=self.stage_timeouts.activating)
+
+    # -- a failing accelerator -------------------------------------------------------------
+    def _on_failing(self, failing: Detector, reason: str) -> None:
+        """The pipeline's detector failed frame after frame (called on the inference thread)."""
+        if self._reloading.is_set() or self.deployer.busy:
+            return  # already on it, or a deploy is about to replace the detector anyway
+        self._reloading.set()
+        threading.Thread(
+            target=self._reload, args=(failing, reason), name="edge-agent-reload", daemon=True
+        ).start()
+
+    def _reload(self, failing: Detector, reason: str) -> None:
+        """Bring the current version up on a fresh backend (the configured one, or what auto
+        finds when that accelerator is gone), retrying with backoff, and swap it in."""
+        try:
+            sv = self.store.current()
+            if sv is None:
+                return
+            log.warning(
+                "%s keeps failing (%s): reloading %s %s", failing.backend.name, reason, sv.name, sv.version
+            )
+            delay = 1.0
+            while True:
+                try:
+                    fresh = self._open(sv.dir, None)
+                    try:
+                        fresh.warm()
+                    except Exception:
+                        _close_detector(fresh)
+                        raise
+                    break
+                except EdgewatchError as e:
+                    log.error("reloading %s %s failed: %s", sv.name, sv.version, e)
+                    if self._stop.wait(delay):
+                        return
+                    delay = min(delay * 2, 60.0)
+            with self._switching:
+                if self.pipeline is None or self.pipeline.detector is not failing:
+                    _close_detector(fresh)  # a deploy or rollback replaced it meanwhile
+                    return
+                old = self.pipeline.swap(fresh, timeout=self.stage_timeouts.activating)
+            if old is not None:
+                _close_detector(old)
+            self._event(
+                "backend_reloaded",
+                {
+                    "model": _ref(sv),
+                    "backend": fresh.backend.name,
+                    "accelerator": fresh.backend.accelerator,
+                    "detail": reason,
+                },
+            )
+            self._publish_status()
+        finally:
+            self._reloading.clear()
 
     # -- results ---------------------------------------------------------------------------
     def _on_result(self, p: Processed) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
@@ -158,6 +159,8 @@ class Pipeline:
         on_event: Callable[[str, Dict[str, Any]], None] = lambda kind, data: None,
         heartbeat: Callable[[], None] = lambda: None,
         reopen_delays: tuple = (0.5, 30.0),
+        on_failing: Callable[[Detector, str], None] = lambda detector, reason: None,
+        failure_limit: int = 10,
     ):
         self.source = source
         self.mode: Mode = mode
@@ -165,6 +168,9 @@ class Pipeline:
         self.on_event = on_event
         self.heartbeat = heartbeat
         self.reopen_delays = reopen_delays
+        self.on_failing = on_failing
+        self.failure_limit = failure_limit
+        self._failures = 0  # frames failed in a row
         self.stats = Stats()
         self.detector: Optional[Detector] = None
         self.buffer = FrameBuffer(mode)
@@ -327,6 +333,7 @@ class Pipeline:
         except Exception as e:
             self._failed_frame(job.frame, e)
             return
+        self._failures = 0
         inference_ms = (t_done - job.t_submit) * 1000
         total_ms = max(0.0, (time.time() - job.frame.timestamp) * 1000)
         self.stats.frame_done(inference_ms)
@@ -351,12 +358,21 @@ class Pipeline:
         if req is None:
             return
         req.previous, self.detector = self.detector, req.detector
+        self._failures = 0
         req.done.set()
 
     def _failed_frame(self, frame: Frame, error: Exception) -> None:
         # A frame the backend cannot process is reported and skipped: the service keeps running.
-        log.error("frame %d: inference failed: %s", frame.index, error)
-        self.on_event("inference_failed", {"frame": frame.index, "detail": str(error)})
+        # An accelerator that went away (a Coral pulled out) fails every frame: report the 1st,
+        # 10th, 100th... failure in a row rather than each one, and after `failure_limit` in a
+        # row ask the owner (on_failing) to bring up a working detector.
+        self._failures += 1
+        n = self._failures
+        if n == 1 or math.log10(n).is_integer():
+            log.error("frame %d: inference failed (%d in a row): %s", frame.index, n, error)
+            self.on_event("inference_failed", {"frame": frame.index, "in_a_row": n, "detail": str(error)})
+        if n == self.failure_limit and self.detector is not None:
+            self.on_failing(self.detector, str(error))
 
     # -- emit ------------------------------------------------------------------------------
     def _emit(self) -> None:
