@@ -709,3 +709,48 @@ def test_console_script_is_installed() -> None:
         pytest.skip("edgewatch is not installed in this environment (pip install -e .)")
     proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("edge-ctl ")
+
+
+def test_deploy_by_channel_sends_the_version_it_points_at_with_its_sha256(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    broker_port: int,
+    prefix: str,
+    devices: List[FakeDevice],
+    operator_key: Path,
+    s3: S3,
+) -> None:
+    pytest.importorskip("boto3")
+    device = FakeDevice(broker_port, prefix, tmp_path, trusted=[operator_key.with_suffix(".pub")])
+    devices.append(device)
+    uri, _, manifest_bytes = upload_bundle(s3, "models/shapes/1.4.0")
+    sha = hashlib.sha256(manifest_bytes).hexdigest()
+    pointer = {"version": "1.4.0", "manifest": uri, "sha256": sha}
+    s3.client.put_object(Bucket=s3.bucket, Key="models/shapes/channels/stable.json", Body=json.dumps(pointer))
+    channel = s3.uri("models/shapes/channels/stable.json")
+    base = [
+        "deploy",
+        "--device",
+        "pi-01",
+        channel,
+        "--key",
+        str(operator_key),
+        "--endpoint-url",
+        s3.endpoint_url,
+    ]
+    status, _, err = ctl(capsys, broker_port, prefix, *base, "--wait")
+    assert status == 0, err
+    assert f"{channel} -> 1.4.0" in err
+    (command,) = device.commands
+    assert isinstance(command.args, DeployArgs)
+    assert (command.args.manifest, command.args.sha256) == (uri, sha)
+    # a --sha256 that disagrees with the channel is refused before anything is sent
+    status, _, err = ctl(capsys, broker_port, prefix, *base, "--sha256", "0" * 64)
+    assert status == 1 and "points at 1.4.0" in err and len(device.commands) == 1
+    # with --presign the resolved version is what gets pre-signed
+    status, _, err = ctl(capsys, broker_port, prefix, *base, "--presign", "--wait")
+    assert status == 0, err
+    presigned = device.commands[-1].args
+    assert (
+        isinstance(presigned, DeployArgs) and presigned.sha256 == sha and "Signature=" in presigned.manifest
+    )

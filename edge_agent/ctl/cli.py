@@ -25,7 +25,7 @@ from ..commands.args import SetArgs, parse_args
 from ..commands.envelope import canonical_json, new_command, sign_envelope
 from ..errors import EdgewatchError
 from .client import Connection, ConnectOptions, parse_broker_url
-from .presign import MAX_URL_EXPIRES_S, presign_bundle
+from .presign import MAX_URL_EXPIRES_S, is_channel_uri, presign_bundle, resolve_channel
 from .waiting import EXIT_SUCCEEDED, ExtraWait, ResultTracker, follow
 from .watch import watch
 
@@ -229,6 +229,15 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if is_channel_uri(args.manifest):
+        pointer = resolve_channel(args.manifest, args.endpoint_url)
+        if args.sha256 and args.sha256 != pointer.sha256:
+            raise EdgewatchError(
+                f"{args.manifest} points at {pointer.version} (sha256 {pointer.sha256}),"
+                f" not --sha256 {args.sha256}"
+            )
+        _note(f"{args.manifest} -> {pointer.version} ({pointer.manifest})")
+        args.manifest, args.sha256 = pointer.manifest, pointer.sha256
     deploy_args: Dict[str, Any] = {"manifest": args.manifest}
     if args.sha256:
         deploy_args["sha256"] = args.sha256
@@ -242,8 +251,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             url_expires = min(int(args.expires or 0) + URL_EXPIRY_MARGIN_S, MAX_URL_EXPIRES_S)
         bundle = presign_bundle(args.manifest, url_expires, args.endpoint_url, args.sha256)
         deploy_args.update(manifest=bundle.manifest_url, sha256=bundle.manifest_sha256, files=bundle.files)
-    elif args.endpoint_url or args.url_expires:
-        raise EdgewatchError("--endpoint-url and --url-expires go with --presign")
+    elif args.url_expires:
+        raise EdgewatchError("--url-expires goes with --presign")
     return send(args, "deploy", deploy_args)
 
 
@@ -357,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("deploy", "install a model bundle and switch to it without stopping", cmd_deploy)
     _add_command_options(p)
     p.add_argument(
-        "manifest", metavar="MANIFEST_URI", help="s3://, https://, http:// or file:// manifest.json"
+        "manifest",
+        metavar="MANIFEST_URI",
+        help="s3://, https://, http:// or file:// manifest.json, or an s3://…/channels/NAME.json channel",
     )
     p.add_argument("--sha256", help="sha256 of manifest.json: the device refuses any other")
     p.add_argument("--allow-downgrade", action="store_true", help="allow a lower version than the current")
@@ -367,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send pre-signed URLs of every file instead of the s3:// URI: devices need no AWS credentials",
     )
-    p.add_argument("--endpoint-url", help="with --presign: S3 endpoint (MinIO, ...)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, ...) for --presign and channel URIs")
     p.add_argument(
         "--url-expires",
         type=int,

@@ -1,5 +1,9 @@
-"""``edge-ctl deploy --presign``: turn an s3:// bundle into pre-signed https URLs, so that the
-device downloads it with no AWS credentials of its own.
+"""The operator's side of S3 for ``edge-ctl deploy``.
+
+``--presign`` turns an s3:// bundle into pre-signed https URLs, so that the device downloads it
+with no AWS credentials of its own. A channel pointer (``s3://…/NAME/channels/CHANNEL.json``,
+written by ``cloud-trainer publish --channel``) is resolved here too, so a device is always sent
+one exact version with its manifest sha256 pinned, never a name that can move under it.
 
 The operator's credentials read the manifest (which also checks it and pins its sha256) and
 sign a GET URL for it, for ``manifest.sig`` when there is one, and for every artifact file,
@@ -9,7 +13,9 @@ OpenVINO weights and configs included.
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -117,3 +123,43 @@ def presign_bundle(
     except (BotoCoreError, ClientError) as e:
         raise EdgewatchError(f"{manifest_uri}: {e}") from None
     return PresignedBundle(manifest_url=manifest_url, manifest_sha256=sha256, files=files)
+
+
+CHANNEL_KEY = re.compile(r"(^|/)channels/[a-z0-9][a-z0-9._-]{0,63}\.json$")
+
+
+def is_channel_uri(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme == "s3" and bool(CHANNEL_KEY.search(parts.path))
+
+
+@dataclass(frozen=True)
+class ChannelPointer:
+    version: str
+    manifest: str  # s3://…/NAME/VERSION/manifest.json
+    sha256: str
+
+
+def resolve_channel(uri: str, endpoint_url: Optional[str] = None) -> ChannelPointer:
+    """Read the channel file at ``uri``: the version it points at, and that version's manifest
+    URI and sha256."""
+    bucket, key = split_s3_uri(uri)
+    client = _s3_client(endpoint_url)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        raise EdgewatchError(f"{uri}: {e.response.get('Error', {}).get('Message') or e}") from None
+    except BotoCoreError as e:
+        raise EdgewatchError(f"{uri}: {e}") from None
+    try:
+        doc = json.loads(data)
+        pointer = ChannelPointer(
+            version=str(doc["version"]), manifest=str(doc["manifest"]), sha256=str(doc["sha256"])
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise EdgewatchError(f"{uri}: not a channel file ({{version, manifest, sha256}}): {e}") from None
+    if not pointer.manifest.startswith("s3://") or not re.fullmatch(r"[0-9a-f]{64}", pointer.sha256):
+        raise EdgewatchError(f"{uri}: the channel's manifest must be an s3:// URI with a sha256")
+    return pointer
