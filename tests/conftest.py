@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3server import s3, s3_endpoint  # noqa: F401  (fixtures: a real S3 endpoint on loopback)
+# The helper modules' own asserts get pytest's messages too (registered before their import).
+pytest.register_assert_rewrite("tests.mosquitto", "tests.pki", "tests.s3server")
+
+from tests.mosquitto import mosquitto, mqtt_subscriber  # noqa: E402,F401  (fixtures: a real Mosquitto)
+from tests.s3server import s3, s3_endpoint  # noqa: E402,F401  (fixtures: a real S3 endpoint on loopback)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("EDGEWATCH_TEST_MODELS", ROOT / ".cache" / "test-models"))

@@ -12,7 +12,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.demo import BUNDLES_DIR
 from edge_agent.errors import BackendError
 from edge_agent.service.agent import Agent
-from tests.mosquitto import Mosquitto, Subscriber, mosquitto, mqtt_subscriber  # noqa: F401  (fixtures)
+from tests.mosquitto import Mosquitto, Subscriber
 
 
 def make_agent(broker: Mosquitto, store: Path, **sections: Any) -> Agent:
@@ -36,8 +36,8 @@ def events(sub: Subscriber) -> list:
 
 
 def test_an_accelerator_that_fails_mid_run_is_reloaded_and_serving_resumes(
-    mosquitto: Mosquitto,  # noqa: F811
-    mqtt_subscriber: Any,  # noqa: F811
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Any,
     tmp_path: Path,
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
@@ -120,8 +120,8 @@ def results(sub: Subscriber, cid: str) -> list:
 
 
 def test_a_fresh_device_waits_for_its_first_model_and_a_second_deploy_meanwhile_is_busy(
-    mosquitto: Mosquitto,  # noqa: F811
-    mqtt_subscriber: Any,  # noqa: F811
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Any,
     tmp_path: Path,
 ) -> None:
     sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
@@ -154,8 +154,8 @@ def test_a_fresh_device_waits_for_its_first_model_and_a_second_deploy_meanwhile_
 
 
 def test_snapshots_are_published_at_most_once_a_second_when_enabled(
-    mosquitto: Mosquitto,  # noqa: F811
-    mqtt_subscriber: Any,  # noqa: F811
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Any,
     tmp_path: Path,
 ) -> None:
     import time

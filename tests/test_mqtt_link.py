@@ -19,12 +19,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import ConfigError, MQTTConfig
 from edge_agent.mqtt import IncomingCommand, MqttLink, Outbox, Topics
-
-pytest.register_assert_rewrite("tests.mosquitto")  # before the import below: it is also a plugin
-from tests.mosquitto import Mosquitto, Subscriber, TcpGate, wait_until  # noqa: E402
-from tests.pki import make_tls_files  # noqa: E402
-
-pytest_plugins = ["tests.mosquitto"]  # the `mosquitto` and `mqtt_subscriber` fixtures
+from tests.mosquitto import Mosquitto, Subscriber, TcpGate, wait_until
+from tests.pki import make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "ew"
