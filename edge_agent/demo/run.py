@@ -193,8 +193,8 @@ def run_demo(
         {
             "device": {"id": DEVICE},
             "camera": {"source": "synthetic:7", "width": 640, "height": 480, "fps": 15, "mode": "live"},
-            # 0.5 rather than the bundles' 0.3: fewer low-score duplicates in the printout
-            "detector": {"score_threshold": 0.5},
+            # 0.4 rather than the bundles' 0.3: fewer low-score duplicates in the printout
+            "detector": {"score_threshold": 0.4},
             "model": {"bundle": str(root / "bundles" / FIRST)},
             "store": {"dir": str(root / "store")},
             "mqtt": {"host": host, "port": port, "protocol": protocol, "topic_prefix": PREFIX},
