@@ -55,6 +55,20 @@ def _s3_client(endpoint_url: Optional[str]) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def _read_object(client: Any, uri: str) -> bytes:
+    """The bytes of the object at ``uri``, or an error naming it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        raise EdgewatchError(f"{uri}: {e.response.get('Error', {}).get('Message') or e}") from None
+    except BotoCoreError as e:
+        raise EdgewatchError(f"{uri}: {e}") from None
+    return data
+
+
 def _object_size(client: Any, bucket: str, key: str) -> Optional[int]:
     """The object's size, or None when there is no such object."""
     from botocore.exceptions import ClientError
@@ -81,12 +95,7 @@ def presign_bundle(
     client = _s3_client(endpoint_url)
     from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        data = client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
-    except ClientError as e:
-        raise EdgewatchError(f"{manifest_uri}: {e.response.get('Error', {}).get('Message') or e}") from None
-    except BotoCoreError as e:
-        raise EdgewatchError(f"{manifest_uri}: {e}") from None
+    data = _read_object(client, manifest_uri)
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and expected_sha256 != sha256:
         raise EdgewatchError(
@@ -143,16 +152,7 @@ class ChannelPointer:
 def resolve_channel(uri: str, endpoint_url: Optional[str] = None) -> ChannelPointer:
     """Read the channel file at ``uri``: the version it points at, and that version's manifest
     URI and sha256."""
-    bucket, key = split_s3_uri(uri)
-    client = _s3_client(endpoint_url)
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as e:
-        raise EdgewatchError(f"{uri}: {e.response.get('Error', {}).get('Message') or e}") from None
-    except BotoCoreError as e:
-        raise EdgewatchError(f"{uri}: {e}") from None
+    data = _read_object(_s3_client(endpoint_url), uri)
     try:
         doc = json.loads(data)
         pointer = ChannelPointer(

@@ -227,6 +227,16 @@ class Agent:
             self._event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
         return detector
 
+    def _open_warm(self, sv: StoredVersion) -> Detector:
+        """An installed version on the configured backend, with its first inference done."""
+        detector = self._open(sv.dir, None)
+        try:
+            detector.warm()
+        except Exception:
+            close_detector(detector)
+            raise
+        return detector
+
     def _initial_detector(self) -> Optional[Detector]:
         store = self.store
         if store.current() is None and self.config.model.bundle:
@@ -236,12 +246,7 @@ class Agent:
         # The current version first; if it cannot load on this device any more, an older one.
         for sv in store.versions():
             try:
-                detector = self._open(sv.dir, None)
-                try:
-                    detector.warm()
-                except Exception:
-                    close_detector(detector)
-                    raise
+                detector = self._open_warm(sv)
             except EdgewatchError as e:
                 log.error("%s %s does not load: %s", sv.name, sv.version, e)
                 self._event("model_failed", {"model": _ref(sv), "stage": "loading", "detail": str(e)})
@@ -275,12 +280,7 @@ class Agent:
             delay = 1.0
             while True:
                 try:
-                    fresh = self._open(sv.dir, None)
-                    try:
-                        fresh.warm()
-                    except Exception:
-                        close_detector(fresh)
-                        raise
+                    fresh = self._open_warm(sv)
                     break
                 except EdgewatchError as e:
                     log.error("reloading %s %s failed: %s", sv.name, sv.version, e)
