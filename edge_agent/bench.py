@@ -15,6 +15,7 @@ import numpy as np
 
 from .backends.base import Pending
 from .detector import Detector
+from .messages import DetectionOut
 
 
 def percentiles(samples_s: List[float]) -> Dict[str, float]:
@@ -95,11 +96,11 @@ def pipeline(detector: Detector, width: int, height: int, seconds: float) -> Dic
     publishing overlap. Both on this machine in one run, so their ratio is what to compare."""
     import json
 
-    from .service.pipeline import Pipeline, Processed
+    from .service.pipeline import Pipeline
     from .sources.synthetic import SyntheticSource
 
-    def message(p: Processed) -> bytes:
-        return json.dumps([d.model_dump() for d in p.detections]).encode()
+    def message(detections: List[DetectionOut]) -> bytes:
+        return json.dumps([d.model_dump() for d in detections]).encode()
 
     detector.warm()
     half = seconds / 2
@@ -110,15 +111,16 @@ def pipeline(detector: Detector, width: int, height: int, seconds: float) -> Dic
     while time.perf_counter() - start < half:
         frame = source.read()
         assert frame is not None
-        result = detector.detect(frame.image)
-        json.dumps([d.model_dump() for d in result.detections]).encode()
+        message(detector.detect(frame.image).detections)
         serial += 1
     serial_fps = serial / (time.perf_counter() - start)
     source.close()
 
     done: List[int] = []
     pipe = Pipeline(
-        SyntheticSource("synthetic:0", width, height), "every", lambda p: done.append(len(message(p)))
+        SyntheticSource("synthetic:0", width, height),
+        "every",
+        lambda p: done.append(len(message(p.detections))),
     )
     start = time.perf_counter()
     pipe.start(detector)

@@ -27,9 +27,11 @@ def open_detector(
     device: Optional[str] = None,
     threads: Optional[int] = None,
     thresholds: Optional[Thresholds] = None,
+    verify: bool = True,
 ) -> Tuple[Detector, List[str]]:
-    """Load a bundle on a backend; returns the detector and auto's fallback reasons."""
-    bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend))
+    """Load a bundle on a backend; returns the detector and auto's fallback reasons.
+    ``verify=False`` skips hashing the files, for a caller that has just verified them."""
+    bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend), verify=verify)
     reasons: List[str] = []
     be: Backend
     if backend == "auto":

@@ -36,6 +36,16 @@ ARTIFACT_OF = {
 }
 
 
+NO_ARTIFACT = "the bundle has no "
+
+
+def is_fallback(reason: str) -> bool:
+    """Whether a skip reason is a real fallback (the candidate could have served this bundle but
+    its runtime or device is missing or failed: an unplugged Coral), not just a bundle without
+    an artifact for it."""
+    return NO_ARTIFACT not in reason
+
+
 @dataclass
 class Choice:
     backend: Backend
@@ -50,7 +60,7 @@ def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str
     for name, device in CANDIDATES:
         wanted = ARTIFACT_OF[name]
         if not have.intersection(wanted):
-            out.append((name, device, f"the bundle has no {'/'.join(wanted)} artifact"))
+            out.append((name, device, f"{NO_ARTIFACT}{'/'.join(wanted)} artifact"))
             continue
         probe = registry.backend_class(name).probe()
         if not probe.available:

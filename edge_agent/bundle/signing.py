@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from pathlib import Path
 from typing import Sequence, Tuple, Union
 
@@ -31,6 +32,45 @@ def generate_keypair() -> Tuple[bytes, bytes]:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return private, public
+
+
+def _write_key_file(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write ``path`` with exactly ``mode``, whatever the umask; a replaced file is removed
+    first, since an old one might be readable by others."""
+    if force and (path.exists() or path.is_symlink()):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+
+
+def write_keypair(name: Union[str, Path], force: bool = False) -> Tuple[Path, Path]:
+    """Write a new pair as ``NAME.key`` (PKCS#8 PEM, mode 0600) and ``NAME.pub``
+    (SubjectPublicKeyInfo PEM); refuse to replace either unless ``force``. Nothing is left
+    half-written. Returns (private path, public path)."""
+    base = Path(name).expanduser()
+    private, public = Path(f"{base}.key"), Path(f"{base}.pub")
+    if not base.name or base.name in (".", ".."):
+        raise SignatureError(f"{str(name)!r} is not a usable key name")
+    if not base.parent.is_dir():
+        raise SignatureError(f"{base.parent}: no such directory")
+    if not force:
+        existing = [str(p) for p in (private, public) if p.exists() or p.is_symlink()]
+        if existing:
+            taken = ", ".join(f"{p} already exists" for p in existing)
+            raise SignatureError(f"{taken}; --force replaces the key pair")
+    private_pem, public_pem = generate_keypair()
+    try:
+        _write_key_file(private, private_pem, 0o600, force)
+        try:
+            _write_key_file(public, public_pem, 0o644, force)
+        except OSError:
+            private.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise SignatureError(f"cannot write the key pair: {e.filename}: {e.strerror}") from None
     return private, public
 
 

@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .. import __version__
-from ..bundle.signing import generate_keypair, load_private_key
+from ..bundle.signing import load_private_key, write_keypair
 from ..cli_support import run as run_cli
 from ..commands.args import SetArgs, parse_args
 from ..commands.envelope import canonical_json, new_command, sign_envelope
@@ -197,35 +197,10 @@ def send(
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    base = Path(args.name)
-    private_path = base.with_name(base.name + ".key")
-    public_path = base.with_name(base.name + ".pub")
-    for path in (private_path, public_path):
-        if path.exists():
-            raise EdgewatchError(f"{path}: already exists; not overwriting a key")
-    private_pem, public_pem = generate_keypair()
-    _write_new(private_path, private_pem, 0o600)
-    try:
-        _write_new(public_path, public_pem, 0o644)
-    except EdgewatchError:
-        private_path.unlink()
-        raise
+    private_path, public_path = write_keypair(args.name, force=args.force)
     print(f"{private_path}: private key; keep it secret, sign commands with --key {private_path}")
     print(f"{public_path}: public key; list it in commands.trusted_keys on the devices")
     return 0
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (never replacing a file) with exactly ``mode``, whatever the umask."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise EdgewatchError(f"{path}: already exists; not overwriting a key") from None
-    except OSError as e:
-        raise EdgewatchError(f"{path}: {e.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -362,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("keygen", "write NAME.key (private, mode 0600) and NAME.pub, Ed25519 PEM", cmd_keygen)
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     p = command("deploy", "install a model bundle and switch to it without stopping", cmd_deploy)
     _add_command_options(p)

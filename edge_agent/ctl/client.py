@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..errors import EdgewatchError
+from ..mqtt.link import build_tls_context, read_password
 
 log = logging.getLogger("edge_agent.ctl")
 
@@ -80,22 +80,8 @@ class ConnectOptions:
     password_file: Optional[Path] = None
 
 
-def _tls_context(options: ConnectOptions) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=str(options.ca) if options.ca else None)
-        if options.cert is not None:
-            key = str(options.key_file) if options.key_file else None
-            context.load_cert_chain(str(options.cert), key)
-    except (OSError, ssl.SSLError) as e:
-        raise EdgewatchError(f"TLS set-up: {e}") from None
-    return context
-
-
-def _read_password(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as e:
-        raise EdgewatchError(f"--password-file {path}: {e.strerror or e}") from None
+# edge-ctl's names for the files, in errors
+CTL_TLS_OPTIONS = {"ca": "--ca", "cert": "--cert", "key": "--key-file"}
 
 
 class Connection:
@@ -134,9 +120,11 @@ class Connection:
         client.enable_logger(logging.getLogger("edge_agent.ctl.mqtt"))
         client.connect_timeout = CONNECT_TIMEOUT_S
         if opts.broker.tls:
-            client.tls_set_context(_tls_context(opts))
+            client.tls_set_context(
+                build_tls_context(opts.ca, opts.cert, opts.key_file, names=CTL_TLS_OPTIONS)
+            )
         if opts.username is not None or opts.password_file is not None:
-            password = _read_password(opts.password_file) if opts.password_file else None
+            password = read_password(opts.password_file, "--password-file") if opts.password_file else None
             client.username_pw_set(opts.username or "", password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

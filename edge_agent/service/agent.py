@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .. import __version__
 from ..annotate import draw_detections, encode_jpeg
+from ..backends.auto import is_fallback
 from ..commands.checker import CommandChecker
 from ..commands.replay import SeenIds
 from ..config import AgentConfig
@@ -63,6 +64,8 @@ class Agent:
         self._last_snapshot = 0.0
         self._reloading = threading.Event()
         self.commands: Optional[CommandHandler] = None
+        self.outbox: Optional[Outbox] = None
+        self.seen: Optional[SeenIds] = None
         self.notifier = Notifier()
         self.pipeline: Optional[Pipeline] = None
         self.link: Optional[MqttLink] = None
@@ -186,9 +189,9 @@ class Agent:
             self.link.stop(self._status("stopped"), timeout=5.0)
         if self.pipeline is not None and self.pipeline.detector is not None:
             close_detector(self.pipeline.detector)
-        for closable in ("outbox", "seen"):
-            if hasattr(self, closable):
-                getattr(self, closable).close()
+        for closable in (self.outbox, self.seen):
+            if closable is not None:
+                closable.close()
         self._stopped.set()
 
     # -- detectors -------------------------------------------------------------------------
@@ -206,30 +209,35 @@ class Agent:
         if detector is not None:
             detector.set_thresholds(self._thresholds())
 
-    def _open(self, bundle_dir: Path, backend: Optional[str]) -> Detector:
+    def _open(self, bundle_dir: Path, backend: Optional[str], verify: bool = False) -> Detector:
+        """A detector for an installed bundle. The store verified its files (``recover`` at start,
+        the deploy's verifying stage, a rollback's check) so they are hashed again only on
+        request: a 200 MB bundle costs a Pi seconds per pass."""
         d = self.config.detector
         name = backend or d.backend
         device = d.device if name == d.backend else None
         try:
-            detector, reasons = open_detector(str(bundle_dir), name, device, d.threads, self._thresholds())
+            detector, reasons = open_detector(
+                str(bundle_dir), name, device, d.threads, self._thresholds(), verify=verify
+            )
         except EdgewatchError as e:
             if name == "auto":
                 raise
             # The configured accelerator is missing (unplugged Coral, no NCS2): keep serving on
             # whatever auto finds, and say so.
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
-            detector, reasons = open_detector(str(bundle_dir), "auto", None, d.threads, self._thresholds())
+            detector, reasons = open_detector(
+                str(bundle_dir), "auto", None, d.threads, self._thresholds(), verify=verify
+            )
             reasons = [f"{name}: {e}", *reasons]
-        # A backend skipped because the bundle has no artifact for it is not a fallback; one
-        # skipped because its accelerator is missing or failed is (an unplugged Coral, say).
-        fallbacks = [r for r in reasons if "the bundle has no" not in r]
+        fallbacks = [r for r in reasons if is_fallback(r)]
         if fallbacks:
             self._event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
         return detector
 
-    def _open_warm(self, sv: StoredVersion) -> Detector:
+    def _open_warm(self, sv: StoredVersion, verify: bool) -> Detector:
         """An installed version on the configured backend, with its first inference done."""
-        detector = self._open(sv.dir, None)
+        detector = self._open(sv.dir, None, verify)
         try:
             detector.warm()
         except Exception:
@@ -243,15 +251,17 @@ class Agent:
             sv = store.import_bundle(Path(self.config.model.bundle))
             store.set_current(sv)
             log.info("store: imported %s %s from model.bundle", sv.name, sv.version)
-        # The current version first; if it cannot load on this device any more, an older one.
+        # The current version first (recover() or import_bundle() has just verified it); if it
+        # cannot load on this device any more, an older one, verified now.
+        current = store.current()
         for sv in store.versions():
             try:
-                detector = self._open_warm(sv)
+                detector = self._open_warm(sv, verify=sv != current)
             except EdgewatchError as e:
                 log.error("%s %s does not load: %s", sv.name, sv.version, e)
                 self._event("model_failed", {"model": _ref(sv), "stage": "loading", "detail": str(e)})
                 continue
-            if sv != store.current():
+            if sv != current:
                 store.set_current(sv)
             return detector
         log.warning("no model in the store and no model.bundle: waiting for a deploy command")
@@ -280,7 +290,7 @@ class Agent:
             delay = 1.0
             while True:
                 try:
-                    fresh = self._open_warm(sv)
+                    fresh = self._open_warm(sv, verify=True)  # hours may have passed since
                     break
                 except EdgewatchError as e:
                     log.error("reloading %s %s failed: %s", sv.name, sv.version, e)
@@ -351,7 +361,7 @@ class Agent:
 
     # -- status ----------------------------------------------------------------------------
     def _status(self, state: str = "online") -> Dict[str, Any]:
-        queued = len(self.outbox) if hasattr(self, "outbox") else 0
+        queued = len(self.outbox) if self.outbox is not None else 0
         return status_document(self.pipeline, state, time.monotonic() - self.started, queued)
 
     def _status_line(self) -> str:

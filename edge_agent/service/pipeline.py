@@ -135,8 +135,7 @@ class Stats:
 
 @dataclass
 class _InFlight:
-    frame: Frame
-    number: int
+    frame: Frame  # numbered by the pipeline (frame.index)
     detector: Detector
     transform: Transform
     pending: Pending
@@ -323,7 +322,7 @@ class Pipeline:
         tensor, transform = detector.prepare(frame.image)
         t = time.perf_counter()
         pending = detector.backend.submit(tensor)
-        inflight.append(_InFlight(frame, frame.index, detector, transform, pending, t))
+        inflight.append(_InFlight(frame, detector, transform, pending, t))
 
     def _complete(self, job: _InFlight) -> None:
         try:
@@ -339,7 +338,7 @@ class Pipeline:
         self.stats.frame_done(inference_ms)
         processed = Processed(
             frame=job.frame,
-            number=job.number,
+            number=job.frame.index,
             detector=job.detector,
             detections=detections,
             image=ImageSize(width=job.frame.width, height=job.frame.height),

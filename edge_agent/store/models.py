@@ -88,6 +88,18 @@ class Pointer(BaseModel):
     manifest_sha256: str
     history: List[Activation]
 
+    @classmethod
+    def at(cls, history: List[Activation]) -> Pointer:
+        """The pointer whose current version is ``history[0]``."""
+        head = history[0]
+        return cls(
+            schema=1,
+            name=head.name,
+            version=head.version,
+            manifest_sha256=head.manifest_sha256,
+            history=history[:MAX_HISTORY],
+        )
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -377,15 +389,7 @@ class ModelStore:
                 for h in (old.history if old is not None else [])
                 if (h.name, h.version) != (sv.name, sv.version)
             ]
-            self._write_pointer(
-                Pointer(
-                    schema=1,
-                    name=entry.name,
-                    version=entry.version,
-                    manifest_sha256=entry.manifest_sha256,
-                    history=history[:MAX_HISTORY],
-                )
-            )
+            self._write_pointer(Pointer.at(history))
 
     def remove(self, sv: StoredVersion) -> None:
         """Delete an installed version that is not current (a deploy that failed after installing)."""
@@ -528,14 +532,6 @@ class ModelStore:
                 for h in (pointer.history if pointer is not None else [])
                 if (h.name, h.version) not in gone and (h.name, h.version) != (chosen.name, chosen.version)
             ]
-            self._write_pointer(
-                Pointer(
-                    schema=1,
-                    name=chosen.name,
-                    version=chosen.version,
-                    manifest_sha256=chosen.manifest_sha256,
-                    history=history,
-                )
-            )
+            self._write_pointer(Pointer.at(history))
             actions.append(f"current is now {chosen.ident}")
             return actions
