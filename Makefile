@@ -6,13 +6,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-# Where the test fixtures keep the models they build (TensorFlow), reused between runs.
-export EDGEWATCH_TEST_MODELS ?= $(CURDIR)/.cache/test-models
+# The model files the tests run, shipped (remade by `python -m tests.models.build`, see its README).
+TEST_MODELS := tests/fixtures/models
 
 # libsystemd-dev and pkg-config build systemd-python (the `pi` and `dev` extras)
 APT_PACKAGES := mosquitto shellcheck openssl libsystemd-dev pkg-config
 
-.PHONY: test lint typecheck pytest venv apt demo clean test-py39 check-ov2022 bench
+.PHONY: test lint typecheck pytest venv apt demo clean test-py39 check-ov2022 bench reliability
 
 test: venv lint typecheck pytest
 
@@ -47,10 +47,16 @@ demo: venv
 	$(VENV)/bin/edge-agent demo
 
 bench: venv
-	$(PY) -m tests.models.build $(EDGEWATCH_TEST_MODELS)
-	$(VENV)/bin/edge-agent bench --bundle $(EDGEWATCH_TEST_MODELS)/shapes --backend tflite --seconds 10 --pretty
+	$(VENV)/bin/edge-agent bench --bundle $(TEST_MODELS)/shapes --backend tflite --seconds 10 --pretty
 
-# The device runtime on Python 3.9 with tflite-runtime (no TensorFlow), on models built above.
+# Hostile input, crashes and outages, each against a real Mosquitto and S3/HTTP on loopback: the
+# full form of tests/reliability (make test runs the quick one). Prints the table, writes
+# docs/reliability.md, fails on any wrong outcome. About 10 minutes on 2 cores; the full-disk
+# case mounts a tmpfs, so run it as root (elsewhere that case says it was skipped).
+reliability: venv
+	$(PY) -m tests.reliability --out docs/reliability.md
+
+# The device runtime on Python 3.9 with tflite-runtime (no TensorFlow), on the shipped test models.
 test-py39:
 	scripts/test-py39.sh
 

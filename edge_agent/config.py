@@ -60,10 +60,26 @@ class ModelConfig(Section):
     bundle: Optional[str] = None
 
 
+class StoreTimeouts(Section):
+    """Seconds each deploy stage may take (SPEC §6.5). A download also fails as stalled when less
+    than ``STALL_MIN_BYTES`` arrive within any ``download_stall_s`` window: a server that trickles
+    a byte every few seconds would otherwise hold the one deploy slot for all of ``download_s``."""
+
+    download_stall_s: float = Field(30, gt=0)
+    download_s: float = Field(600, gt=0)
+    verifying_s: float = Field(120, gt=0)
+    loading_s: float = Field(120, gt=0)
+    warming_s: float = Field(60, gt=0)
+    activating_s: float = Field(30, gt=0)
+
+
 class StoreConfig(Section):
     dir: Path = Path("/var/lib/edge-agent")
     keep_versions: int = Field(3, ge=1)
     max_bundle_mb: float = Field(200, gt=0)
+    # Release keys (PEM public keys) that sign bundles; empty: commands.trusted_keys serve both roles.
+    trusted_keys: List[Path] = Field(default_factory=list)
+    timeouts: StoreTimeouts = Field(default_factory=StoreTimeouts)
 
 
 class TLSConfig(Section):

@@ -14,6 +14,12 @@ def utc_now_iso(ts: Optional[float] = None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (a lone surrogate, as JSON's "\\ud800" makes) written
+    as a visible escape: text that quotes what a peer sent must never make a message unsendable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -1,14 +1,14 @@
-"""Shared fixtures. Real model files come from tests/models/build.py (TensorFlow), built once
-into EDGEWATCH_TEST_MODELS and reused while the builder and the scene generator are unchanged.
-Environments without TensorFlow (the Python 3.9 device check) use what `make test` built."""
+"""Shared fixtures. The real model files the runtime tests use are shipped, already built, in
+tests/fixtures/models (made once by tests/models/build.py; the command is in that folder's
+README.md): every machine runs the same files, and no test needs TensorFlow to get them. The
+tree is read-only to the tests: a test that changes a bundle copies it to tmp_path first, and
+the session fails if the shipped files changed under it."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Dict, Iterator
 
 import pytest
 
@@ -19,50 +19,28 @@ from tests.mosquitto import mosquitto, mqtt_subscriber  # noqa: E402,F401  (fixt
 from tests.s3server import s3, s3_endpoint  # noqa: E402,F401  (fixtures: a real S3 endpoint on loopback)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("EDGEWATCH_TEST_MODELS", ROOT / ".cache" / "test-models"))
-# What the built models depend on: the builder, the whole trainer, and the agent code it uses.
-BUILD_INPUTS = [
-    "tests/models/build.py",
-    "cloud_trainer/**/*.py",
-    "edge_agent/sources/synthetic.py",
-    "edge_agent/preprocess.py",
-    "edge_agent/bundle/*.py",
-]
+MODELS = ROOT / "tests" / "fixtures" / "models"
 
 
-def _key() -> str:
-    h = hashlib.sha256()
-    for pattern in BUILD_INPUTS:
-        for path in sorted(ROOT.glob(pattern)):
-            h.update(path.relative_to(ROOT).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _have_tensorflow() -> bool:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def tree_digest(root: Path) -> Dict[str, str]:
+    """sha256 of every file under ``root``, by relative path (what the shipped tree holds)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture(scope="session")
-def models_dir() -> Path:
-    stamp = MODELS / "COMPLETE"
-    key = _key()
-    if stamp.is_file() and stamp.read_text().strip() == key:
-        return MODELS
-    if not _have_tensorflow():
-        if os.environ.get("EDGEWATCH_REQUIRE_MODELS"):
-            pytest.fail(f"test models missing or stale in {MODELS}; run `make test` (with TensorFlow) first")
-        pytest.skip("test models need TensorFlow to build")
-    MODELS.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
-    # A subprocess keeps TensorFlow (and its memory) out of the test process.
-    subprocess.run([sys.executable, "-m", "tests.models.build", str(MODELS)], cwd=ROOT, check=True)
-    stamp.write_text(key + "\n")
-    return MODELS
+def models_dir() -> Iterator[Path]:
+    """The shipped test models. Hashed before the first test that uses them and after the
+    session: a test that wrote into them (instead of a copy in tmp_path) fails the run."""
+    before = tree_digest(MODELS)
+    assert before, f"no test models in {MODELS}"
+    yield MODELS
+    after = tree_digest(MODELS)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests changed the shipped test models (copy them to tmp_path first): {changed}"
 
 
 @pytest.fixture(scope="session")

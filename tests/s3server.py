@@ -11,6 +11,7 @@ metadata lookup is disabled, proxies are bypassed and addressing is path-style.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -69,18 +70,35 @@ class S3:
         return make_client(self.endpoint_url)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
+@contextlib.contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 with a free port, for as long as the block runs; its URL."""
+    from moto.server import ThreadedMotoServer
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     try:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def new_bucket(endpoint_url: str) -> S3:
+    """A fresh bucket on the endpoint (credentials: FAKE_ENV, which a subprocess must get too)."""
+    client = make_client(endpoint_url)
+    bucket = f"edgewatch-test-{next(_buckets)}"
+    client.create_bucket(Bucket=bucket)
+    return S3(endpoint_url=endpoint_url, bucket=bucket, client=client)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
@@ -90,7 +108,4 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    client = make_client(s3_endpoint)
-    bucket = f"edgewatch-test-{next(_buckets)}"
-    client.create_bucket(Bucket=bucket)
-    yield S3(endpoint_url=s3_endpoint, bucket=bucket, client=client)
+    yield new_bucket(s3_endpoint)

@@ -12,16 +12,18 @@ from edge_agent.config import AgentConfig
 from edge_agent.demo import BUNDLES_DIR
 from edge_agent.errors import BackendError
 from edge_agent.service.agent import Agent
+from tests.bundle_http import BundleServer
+from tests.bundle_variants import variant
 from tests.mosquitto import Mosquitto, Subscriber
 
 
-def make_agent(broker: Mosquitto, store: Path, **sections: Any) -> Agent:
+def make_agent(broker: Mosquitto, store_dir: Path, **sections: Any) -> Agent:
     doc = {
         "device": {"id": "pi-agent"},
         "camera": {"source": "synthetic:5", "width": 320, "height": 240, "fps": 50, "mode": "every"},
         "detector": {"backend": "tflite"},
         "model": {"bundle": str(BUNDLES_DIR / "shapes-1.1.0")},
-        "store": {"dir": str(store)},
+        "store": {"dir": str(store_dir), **sections.pop("store", {})},
         "mqtt": {"host": broker.host, "port": broker.port},
         "publish": {"mode": "all"},
         "commands": {"require_signature": False},
@@ -72,40 +74,6 @@ def test_an_accelerator_that_fails_mid_run_is_reloaded_and_serving_resumes(
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-class GatedServer:
-    """A loopback HTTP server for a bundle directory that holds back the model files until
-    `release()`: a deploy stays in `downloading` for as long as the test needs."""
-
-    def __init__(self, directory: Path):
-        import functools
-        import http.server
-
-        gate = self.gate = threading.Event()
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if not self.path.startswith("/manifest"):
-                    gate.wait(30)
-                super().do_GET()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
-        )
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def command(sub: Subscriber, cid: str, kind: str, **args: Any) -> None:
     from edge_agent.commands.envelope import new_command
 
@@ -133,7 +101,7 @@ def test_a_fresh_device_waits_for_its_first_model_and_a_second_deploy_meanwhile_
     first = json.loads(sub.received(status)[0].payload)
     assert first["state"] == "online" and first["model"] is None  # up, connected, no model yet
 
-    server = GatedServer(BUNDLES_DIR / "shapes-1.0.0")
+    server = BundleServer(BUNDLES_DIR / "shapes-1.0.0", gated=True)
     try:
         command(sub, "first", "deploy", manifest=f"{server.url}/manifest.json")
         sub.wait_for(lambda ms: any(r.get("stage") == "downloading" for r in results(sub, "first")), 30)
@@ -177,3 +145,118 @@ def test_snapshots_are_published_at_most_once_a_second_when_enabled(
     image = cv2.imdecode(np.frombuffer(snaps[-1].payload, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape == (240, 320, 3)
     assert snaps[-1].content_type == "image/jpeg"
+
+
+def signed_command(sub: Subscriber, key: Path, cid: str, kind: str, **args: Any) -> None:
+    from edge_agent.bundle.signing import load_private_key
+    from edge_agent.commands.envelope import new_command, sign_envelope
+
+    doc = new_command(kind, "pi-agent", args)
+    doc["id"] = cid
+    doc = sign_envelope(doc, load_private_key(key))
+    sub.client.publish("edgewatch/pi-agent/cmd", json.dumps(doc), qos=1).wait_for_publish(5)
+
+
+def final(sub: Subscriber, cid: str, timeout: float = 60) -> dict:
+    done = ("succeeded", "failed", "rejected")
+    sub.wait_for(lambda ms: any(r["status"] in done for r in results(sub, cid)), timeout, f"the end of {cid}")
+    return next(r for r in results(sub, cid) if r["status"] in done)
+
+
+def test_a_deploy_whose_artifact_does_not_load_on_the_serving_backend_fails_at_loading(
+    mosquitto: Mosquitto, mqtt_subscriber: Any, tmp_path: Path
+) -> None:
+    """A fallback is for a missing accelerator, never for a broken model: garbage in the
+    serving backend's artifact (correctly hashed) fails the deploy even though the bundle's ONNX
+    file would load; the same bundle deploys when the command names the backend it runs on."""
+    broken = variant(
+        BUNDLES_DIR / "shapes-1.1.0",
+        tmp_path / "broken",
+        version="1.2.0",
+        replace={"model_int8.tflite": b"garbage"},
+    )
+    sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
+    agent = make_agent(mosquitto, tmp_path / "store")
+    threading.Thread(target=agent.run, daemon=True).start()
+    detections = "edgewatch/pi-agent/detections"
+    sub.wait_count(detections, 3, timeout=30)
+    try:
+        command(sub, "broken", "deploy", manifest=(broken / "manifest.json").as_uri())
+        end = final(sub, "broken")
+        assert (end["status"], end["stage"]) == ("failed", "loading"), end
+        assert "model_int8.tflite" in end["detail"]
+        assert agent.store.find("1.2.0") is None  # not left installed either
+        n = len(sub.received(detections))
+        sub.wait_count(detections, n + 3, timeout=30)
+        assert {json.loads(m.payload)["model"]["version"] for m in sub.received(detections)} == {"1.1.0"}
+        assert {json.loads(m.payload)["backend"] for m in sub.received(detections)} == {"tflite"}
+
+        command(sub, "named", "deploy", manifest=(broken / "manifest.json").as_uri(), backend="onnx")
+        assert final(sub, "named")["status"] == "succeeded"
+        sub.wait_for(
+            lambda ms: (
+                json.loads(ms[-1].payload).get("backend") == "onnx" if ms[-1].topic == detections else False
+            ),
+            30,
+            "detections from onnx",
+        )
+    finally:
+        agent.stop()
+        assert agent.wait_stopped(30)
+
+
+def test_bundles_are_verified_with_the_release_keys_and_commands_with_the_operator_keys(
+    mosquitto: Mosquitto, mqtt_subscriber: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """store.trusted_keys (SPEC §3): an operator key cannot sign a model, a release key cannot
+    command the device; with no release keys listed, the command keys serve both (and a
+    warning says so once)."""
+    from edge_agent.bundle.signing import write_keypair
+    from edge_agent.service.agent import release_keys
+
+    operator_key, operator_pub = write_keypair(tmp_path / "operator")
+    release_key, release_pub = write_keypair(tmp_path / "release")
+    by_operator = variant(
+        BUNDLES_DIR / "shapes-1.1.0", tmp_path / "op", version="1.2.0", sign_key=operator_key
+    )
+    by_release = variant(
+        BUNDLES_DIR / "shapes-1.1.0", tmp_path / "rel", version="1.2.0", sign_key=release_key
+    )
+    sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
+    agent = make_agent(
+        mosquitto,
+        tmp_path / "store",
+        commands={"require_signature": True, "trusted_keys": [str(operator_pub)]},
+        store={"trusted_keys": [str(release_pub)]},
+    )
+    threading.Thread(target=agent.run, daemon=True).start()
+    sub.wait_count("edgewatch/pi-agent/detections", 3, timeout=30)
+    try:
+        signed_command(sub, release_key, "by-release", "status")
+        end = final(sub, "by-release")
+        assert end["status"] == "rejected" and "signature" in end["detail"]
+
+        signed_command(
+            sub, operator_key, "op-signed", "deploy", manifest=(by_operator / "manifest.json").as_uri()
+        )
+        end = final(sub, "op-signed")
+        assert (end["status"], end["stage"]) == ("failed", "verifying"), end
+        assert "does not verify" in end["detail"]
+
+        signed_command(
+            sub, operator_key, "rel-signed", "deploy", manifest=(by_release / "manifest.json").as_uri()
+        )
+        assert final(sub, "rel-signed")["status"] == "succeeded"
+    finally:
+        agent.stop()
+        assert agent.wait_stopped(30)
+
+    # The fallback for configurations from before the split, with its one warning.
+    from edge_agent.bundle.signing import load_public_key
+    from edge_agent.config import AgentConfig
+
+    shared = AgentConfig.model_validate({"commands": {"trusted_keys": [str(operator_pub)]}})
+    op = load_public_key(operator_pub)
+    with caplog.at_level("WARNING"):
+        assert release_keys(shared, [op]) == [op]
+    assert sum("store.trusted_keys is empty" in r.getMessage() for r in caplog.records) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -47,21 +48,26 @@ def _box(d: Dict[str, Any]) -> Box:
     return Box(**d["box"])
 
 
+# A detection this confident is compared: the bundle's score threshold is 0.3, and no runtime
+# difference compared here moves a score by 0.25 (int8: a few hundredths, see below).
+CONFIDENT = 0.55
+
+
 def _match(
     reference: List[Dict[str, Any]], other: List[Dict[str, Any]], min_side: float = 0.0, min_iou: float = 0.9
-) -> int:
-    """Every confident detection of ``reference`` (score well above the threshold, so rounding
-    cannot push it under) whose sides are at least ``min_side`` of the frame has one in
-    ``other`` with the same label and IoU >= ``min_iou``. Returns how many were compared."""
-    compared = 0
+) -> List[float]:
+    """Every confident detection of ``reference`` (score >= CONFIDENT) whose sides are at least
+    ``min_side`` of the frame has one in ``other`` with the same label and IoU >= ``min_iou``.
+    Returns the best IoU of each one compared."""
+    ious = []
     for d in reference:
         a = _box(d)
-        if d["score"] < 0.55 or min(a.xmax - a.xmin, a.ymax - a.ymin) < min_side:
+        if d["score"] < CONFIDENT or min(a.xmax - a.xmin, a.ymax - a.ymin) < min_side:
             continue
-        ious = [a.iou(_box(o)) for o in other if o["label"] == d["label"]]
-        assert ious and max(ious) >= min_iou, f"{d} has no match (IoUs {ious})"
-        compared += 1
-    return compared
+        found = [a.iou(_box(o)) for o in other if o["label"] == d["label"]]
+        assert found and max(found) >= min_iou, f"{d} has no match (IoUs {found})"
+        ious.append(max(found))
+    return ious
 
 
 needs_ov_ort = [
@@ -88,27 +94,41 @@ def test_detect_agrees_across_tflite_openvino_onnx(models_dir: Path, tmp_path: P
     compared = 0
     for other in others:
         for ref, got in zip(onnx, other):
-            compared += _match(ref, got)
+            compared += len(_match(ref, got))
             _match(got, ref)
     assert compared >= 15
 
 
-@needs_ov_ort[0]
 @needs_ov_ort[1]
 def test_int8_tflite_agrees_with_float(shapes_bundle: Path, tmp_path: Path) -> None:
-    """The int8 TFLite model against the float ONNX one: the same labels, and boxes that
-    agree to within int8's rounding. Its uint8 outputs move each normalised coordinate in
-    steps of 1/255 and its activations are rounded too; measured on the trainer-made test
-    bundle, confident boxes whose sides are at least 15% of the frame keep IoU >= 0.8."""
+    """The int8 TFLite model against the float ONNX one, on the shipped model: the same labels,
+    and the same objects at the places int8's rounding allows. What rounding can do:
+
+    * The output tensor is uint8: each of cx, cy, w, h (normalised to the 160-px input) and each
+      class score comes in steps of its scale, about 1/255, and the activations before it are
+      rounded to int8 too. So one anchor's box moves by a few steps (at most ~5 on this model,
+      held to 10 per anchor in test_backends) and its scores by a few hundredths: a detection
+      scoring >= CONFIDENT cannot fall under the bundle's 0.3 threshold, and only those are
+      compared. A box whose sides are >= 0.15 of the frame spans over 25 output steps, so edges
+      moving by a step or two keep IoU near 0.9 (the median must be >= 0.85; 0.95 here).
+    * NMS keeps the best-scoring of the anchors that cover one object. Two of them often score
+      within rounding of each other (0.885 and 0.881); int8 may then keep the other one, whose
+      box differs by more than rounding but overlapped the first by more than the NMS IoU
+      threshold (0.5), or it would have been reported too. So every confident box needs a
+      same-label box at IoU >= 0.5, both ways, not at the IoU of two roundings of one box: on
+      this model a swap gives 0.67 (a triangle, seed 7 frame 6), like the triangle at IoU 0.61
+      that failed a fresh clone when each machine trained its own model (lowest here: 0.82)."""
     files = write_frames(tmp_path, seed=2024, n=8)
     onnx = detect(shapes_bundle, "onnx", files)
     int8 = detect(shapes_bundle, "tflite", files)
-    compared = 0
+    ious: List[float] = []
     for ref, got in zip(onnx, int8):
-        compared += _match(ref, got, min_side=0.15, min_iou=0.8)
-        _match(got, ref, min_side=0.15, min_iou=0.8)
-        assert {d["label"] for d in ref if d["score"] >= 0.55} <= {d["label"] for d in got}
-    assert compared >= 5
+        ious += _match(ref, got, min_side=0.15, min_iou=0.5)
+        ious += _match(got, ref, min_side=0.15, min_iou=0.5)
+        assert {d["label"] for d in ref if d["score"] >= CONFIDENT} <= {d["label"] for d in got}
+        assert {d["label"] for d in got if d["score"] >= CONFIDENT} <= {d["label"] for d in ref}
+    assert len(ious) >= 10
+    assert statistics.median(ious) >= 0.85, sorted(ious)
 
 
 def test_detect_boxes_match_the_scene(shapes_bundle: Path, tmp_path: Path) -> None:

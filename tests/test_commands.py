@@ -242,6 +242,20 @@ def test_signature_not_required(tmp_path: Path, keys: Dict[str, Path]) -> None:
     assert reason == "signature does not verify against any trusted key"
 
 
+def test_the_checker_says_whether_the_signature_verified(tmp_path: Path, keys: Dict[str, Path]) -> None:
+    """Only then may a command's Response Topic be honoured (SPEC §4), also for its rejection."""
+    strict = Device(tmp_path / "strict", [keys["operator"]])
+    assert strict.checker.check(signed(envelope(id="v1"), keys["operator"])).signature_verified
+    assert rejection(strict, signed(envelope(id="v2", target="pi-02"), keys["operator"])).signature_verified
+    assert not rejection(strict, signed(envelope(id="v3"), keys["stranger"])).signature_verified
+    assert not rejection(strict, json.dumps(envelope(id="v4")).encode()).signature_verified
+    relaxed = Device(tmp_path / "relaxed", [keys["operator"]], require_signature=False)
+    assert not relaxed.checker.check(json.dumps(envelope(id="v5")).encode()).signature_verified
+    assert relaxed.checker.check(signed(envelope(id="v6"), keys["operator"])).signature_verified
+    keyless = Device(tmp_path / "keyless", [], require_signature=False)
+    assert not keyless.checker.check(signed(envelope(id="v7"), keys["operator"])).signature_verified
+
+
 def test_unreadable_trusted_key_names_its_config_entry(tmp_path: Path, keys: Dict[str, Path]) -> None:
     (tmp_path / "junk.pub").write_text("not a key")
     config = CommandsConfig(trusted_keys=[keys["operator"].with_suffix(".pub"), tmp_path / "junk.pub"])

@@ -236,7 +236,9 @@ def test_wait_succeeded(
     assert command.envelope.sig is not None  # the device's checker verified it
     topic, correlation = device.response_info[0]
     if protocol == "5":
-        assert topic is not None and topic.startswith("edge-ctl/") and correlation == command.id.encode()
+        # Under the device's own result topic: the only Response Topic a device honours (SPEC §4).
+        assert topic is not None and topic.startswith(f"{prefix}/pi-01/cmd/result/edge-ctl-")
+        assert correlation == command.id.encode()
     else:
         assert topic is None
 
@@ -442,6 +444,8 @@ def test_group_waits_for_every_device_that_answers(
     assert finals == {"pi-01": "succeeded", "pi-02": "failed" if second_fails else "succeeded"}
     assert [len(d.commands) for d in devices] == [1, 1, 0]
     assert devices[0].commands[0].envelope.target == "lab"
+    # No Response Topic for a group: a device honours one only under its own P/D/cmd/result/.
+    assert devices[0].response_info == [(None, None)]
 
 
 # keygen

@@ -13,9 +13,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 from edge_agent.bundle import signing
-from edge_agent.config import S3Config
+from edge_agent.config import S3Config, StoreTimeouts
 from edge_agent.errors import BackendError
-from edge_agent.store import Deployer, DeployFailed, ModelStore, StageTimeouts, StoredVersion, StoreError
+from edge_agent.store import Deployer, DeployFailed, ModelStore, StoredVersion, StoreError
+from tests.bundle_http import BundleServer
 from tests.test_store import make_bundle
 
 STAGES = ["downloading", "verifying", "loading", "warming", "activating"]
@@ -108,7 +109,7 @@ def harness() -> Harness:
 
 
 def make_deployer(
-    store: ModelStore, harness: Harness, timeouts: StageTimeouts = StageTimeouts(), **kwargs: object
+    store: ModelStore, harness: Harness, timeouts: StoreTimeouts = StoreTimeouts(), **kwargs: object
 ) -> Deployer:
     return Deployer(
         store,
@@ -257,7 +258,7 @@ def test_an_installed_version_is_not_downloaded_again(
 def test_a_hanging_build_times_out_and_is_closed_when_it_returns(
     store: ModelStore, harness: Harness, sources: Dict[str, Path]
 ) -> None:
-    deployer = make_deployer(store, harness, StageTimeouts(loading=0.2))
+    deployer = make_deployer(store, harness, StoreTimeouts(loading_s=0.2))
     deploy(deployer, harness, sources["1.0.0"])
     old = harness.active
     harness.build_gate = threading.Event()
@@ -279,7 +280,7 @@ def test_a_hanging_build_times_out_and_is_closed_when_it_returns(
 def test_a_hanging_warm_times_out_and_is_closed_when_it_returns(
     store: ModelStore, harness: Harness, sources: Dict[str, Path]
 ) -> None:
-    deployer = make_deployer(store, harness, StageTimeouts(warming=0.2))
+    deployer = make_deployer(store, harness, StoreTimeouts(warming_s=0.2))
     harness.warm_gate = threading.Event()
     with pytest.raises(DeployFailed, match=r"warming: timed out after 0.2 s"):
         deploy(deployer, harness, sources["1.0.0"])
@@ -292,7 +293,7 @@ def test_a_hanging_warm_times_out_and_is_closed_when_it_returns(
 def test_an_activation_after_its_timeout_is_recorded_as_current(
     store: ModelStore, harness: Harness, sources: Dict[str, Path]
 ) -> None:
-    deployer = make_deployer(store, harness, StageTimeouts(activating=0.2))
+    deployer = make_deployer(store, harness, StoreTimeouts(activating_s=0.2))
     deploy(deployer, harness, sources["1.0.0"])
     harness.activate_gate = threading.Event()
     with pytest.raises(
@@ -401,7 +402,7 @@ def test_deploys_prune_to_keep_versions(tmp_path: Path, harness: Harness, source
 def test_a_stalled_download_times_out_and_its_staging_goes(
     store: ModelStore, harness: Harness, tmp_path: Path
 ) -> None:
-    deployer = make_deployer(store, harness, StageTimeouts(downloading=0.3), fetch_timeout_s=1.0)
+    deployer = make_deployer(store, harness, StoreTimeouts(download_s=0.3, download_stall_s=1.0))
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
@@ -411,3 +412,19 @@ def test_a_stalled_download_times_out_and_its_staging_goes(
         assert (e.value.stage, e.value.reason) == ("downloading", "timed out after 0.3 s")
         wait_for(lambda: staging_is_empty(store))
     assert store.current() is None and harness.built == []
+
+
+def test_a_trickling_server_fails_the_download_as_stalled_long_before_its_time_limit(
+    store: ModelStore, harness: Harness, sources: Dict[str, Path]
+) -> None:
+    """One byte every 0.05 s never trips a socket timeout; the stall window (store.timeouts
+    download_stall_s) ends the deploy, frees the slot and removes the staging files."""
+    deployer = make_deployer(store, harness, StoreTimeouts(download_s=600, download_stall_s=0.5))
+    with BundleServer(sources["1.0.0"], trickle=(1, 0.05)) as server:
+        assert deployer.try_begin()
+        with pytest.raises(DeployFailed) as e:
+            deployer.deploy(server.manifest, report=harness.report)
+    assert e.value.stage == "downloading" and "stalled" in e.value.reason, e.value.reason
+    assert "download_stall_s" in e.value.reason
+    assert not deployer.busy and store.current() is None and harness.built == []
+    wait_for(lambda: staging_is_empty(store))

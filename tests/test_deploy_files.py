@@ -323,7 +323,12 @@ def broker_config(certs: Path, acl: Path, port: int) -> str:
             line = replacements[key]
         lines.append(line)
     assert seen == set(replacements), f"edgewatch.conf lacks {set(replacements) - seen}"
-    for required in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false"):
+    for required in (
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "allow_anonymous false",
+    ):
         assert required in lines, required
     # Test-only additions: log to the test's output, and stay root (tmp files are root's alone).
     lines += ["log_dest stderr", "log_type error", "log_type warning", "log_type notice"]
@@ -404,6 +409,8 @@ class Client:
     acks: Dict[int, Any] = field(default_factory=dict)
     messages: List[Tuple[str, bytes]] = field(default_factory=list)
     subacks: Dict[int, List[Any]] = field(default_factory=dict)
+    sessions_present: List[bool] = field(default_factory=list)  # one per successful CONNACK
+    disconnects: List[Any] = field(default_factory=list)  # reason codes
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def wait_for(self, predicate: Any, what: str, timeout: float = 10) -> None:
@@ -428,13 +435,19 @@ class Client:
         self.wait_for(lambda: any(t == topic for t, _ in self.messages), f"a message on {topic}")
         return next(p for t, p in self.messages if t == topic)
 
+    def received(self, topic: str, payload: bytes) -> bool:
+        with self.cond:
+            return (topic, payload) in self.messages
 
-def _connect(broker: Broker, cert_name: str) -> Tuple[Any, Any]:
+
+def _connect(broker: Broker, cert_name: str, client_id: Optional[str] = None) -> Tuple[Any, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{cert_name}-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"{cert_name}-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
     )
     client.tls_set(
         ca_certs=str(broker.certs / "ca.crt"),
@@ -459,11 +472,38 @@ def _connect(broker: Broker, cert_name: str) -> Tuple[Any, Any]:
 
 @pytest.fixture
 def connect(broker: Broker) -> Iterator[Any]:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
     clients: List[Client] = []
 
-    def make(cert_name: str) -> Client:
-        client, (connected, done) = _connect(broker, cert_name)
+    def make(
+        cert_name: str,
+        client_id: Optional[str] = None,
+        *,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+        will: Optional[Tuple[str, str]] = None,
+    ) -> Client:
+        """A connected client with the certificate ``cert_name``; the client id is random unless
+        given. ``will``: (topic, payload), retained at QoS 1 like the agent's."""
+        client, (connected, done) = _connect(broker, cert_name, client_id)
         wrapper = Client(cert_name, client)
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+            with wrapper.cond:
+                if not reason_code.is_failure:
+                    wrapper.sessions_present.append(bool(flags.session_present))
+                wrapper.cond.notify_all()
+            connected["rc"] = reason_code
+            done.set()
+
+        def on_disconnect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+            with wrapper.cond:
+                wrapper.disconnects.append(reason_code)
+                wrapper.cond.notify_all()
+            connected.setdefault("rc", reason_code)
+            done.set()
 
         def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
             with wrapper.cond:
@@ -481,7 +521,14 @@ def connect(broker: Broker) -> Iterator[Any]:
                 wrapper.cond.notify_all()
 
         client.on_publish, client.on_message, client.on_subscribe = on_publish, on_message, on_subscribe
-        client.connect("localhost", broker.port)  # the name in the broker certificate
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        properties = Properties(PacketTypes.CONNECT)
+        if session_expiry:
+            properties.SessionExpiryInterval = session_expiry
+        # The name in the broker certificate.
+        client.connect("localhost", broker.port, clean_start=clean_start, properties=properties)
         client.loop_start()
         clients.append(wrapper)
         assert done.wait(10), f"{cert_name}: no CONNACK"
@@ -489,12 +536,16 @@ def connect(broker: Broker) -> Iterator[Any]:
         return wrapper
 
     yield make
+    # Session Expiry 0 on the DISCONNECT: no session outlives its test.
+    no_session = Properties(PacketTypes.DISCONNECT)
+    no_session.SessionExpiryInterval = 0
     for c in clients:
-        c.mqtt.disconnect()
+        c.mqtt.disconnect(properties=no_session)
         c.mqtt.loop_stop()
 
 
 NOT_AUTHORIZED = 135
+NO_MATCHING_SUBSCRIBERS = 16  # accepted
 
 
 def test_device_publishes_only_under_its_own_id(connect: Any) -> None:
@@ -548,6 +599,114 @@ def test_dashboard_only_reads(connect: Any) -> None:
     assert dashboard.publish("edgewatch/pi-01/detections") == NOT_AUTHORIZED
     assert pi01.publish("edgewatch/pi-01/detections", '{"seq": 1}') == 0
     assert dashboard.wait_message("edgewatch/pi-01/detections") == b'{"seq": 1}'
+
+
+def test_device_replies_only_under_its_own_reply_prefix(connect: Any) -> None:
+    operator = connect("operator")
+    assert operator.subscribe("edgewatch/#") == 1
+    dashboard = connect("dashboard")
+    assert dashboard.subscribe("edgewatch/+/cmd/result") == 1
+    dashboard.subscribe("edgewatch/+/cmd/result/#")  # may be granted as a filter, nothing is delivered
+    pi01 = connect("pi-01")
+
+    assert pi01.publish("edgewatch/pi-02/cmd/result/req-1", '{"forged": true}') == NOT_AUTHORIZED
+    assert pi01.publish("edgewatch/pi-01/cmdx/result/req-1") == NOT_AUTHORIZED
+    assert pi01.publish("edgewatch/pi-01/cmd/result/req-1", '{"reply": 1}') == 0
+    assert pi01.publish("edgewatch/pi-01/cmd/result/any/depth", '{"reply": 2}') == 0
+    assert pi01.publish("edgewatch/pi-01/cmd/result", '{"result": 1}') == 0
+    # In order from one publisher: the result is the last, so the replies are in by then.
+    assert operator.wait_message("edgewatch/pi-01/cmd/result") == b'{"result": 1}'
+    assert operator.received("edgewatch/pi-01/cmd/result/req-1", b'{"reply": 1}')
+    assert operator.received("edgewatch/pi-01/cmd/result/any/depth", b'{"reply": 2}')
+    assert not any(t.startswith("edgewatch/pi-02/") for t, _ in operator.messages)
+    # Dashboards see every result on cmd/result; the replies are copies for the requester.
+    assert dashboard.wait_message("edgewatch/pi-01/cmd/result") == b'{"result": 1}'
+    # (Once per matching subscription: "cmd/result/#" matches "cmd/result" too.)
+    assert {t for t, _ in dashboard.messages} == {"edgewatch/pi-01/cmd/result"}
+
+
+# The agent's way of connecting: a persistent session, and a retained "offline" Last Will.
+SESSION_EXPIRY_S = 300
+
+
+@pytest.mark.parametrize(
+    "victim_id, attacker_id",
+    [
+        ("edge-agent-pi-02", "edge-agent-pi-02"),  # the agent's default client id
+        ("pi-02", "pi-02"),  # a device connecting with its device id (its CN) as client id
+        ("edge-agent-pi-02", "pi-02"),  # the CN, the client id the broker gives the victim
+    ],
+)
+def test_a_device_cannot_take_over_another_devices_session(
+    connect: Any, victim_id: str, attacker_id: str
+) -> None:
+    token = uuid.uuid4().hex
+    online, offline = f'{{"state": "online", "run": "{token}"}}', '{"state": "offline"}'
+    victim = connect(
+        "pi-02",
+        victim_id,
+        clean_start=False,
+        session_expiry=SESSION_EXPIRY_S,
+        will=("edgewatch/pi-02/status", offline),
+    )
+    assert victim.subscribe("edgewatch/pi-02/cmd") == 1
+    retained = victim.mqtt.publish("edgewatch/pi-02/status", online, qos=1, retain=True)
+    victim.wait_for(lambda: retained.mid in victim.acks, "PUBACK for the retained status")
+
+    # Device pi-01, with its own valid certificate, asks for the victim's client id. A clean start
+    # is the worst case: taking over a session that way would also fire the victim's Will.
+    attacker = connect("pi-01", attacker_id, clean_start=True)
+    assert attacker.sessions_present == [False]  # connected, as itself, with a session of its own
+    # The broker has handled the takeover (if any) before its CONNACK: the retained status shows
+    # whether the victim's Will fired.
+    operator = connect("operator")
+    assert operator.subscribe("edgewatch/pi-02/status") == 1
+    assert operator.wait_message("edgewatch/pi-02/status") == online.encode()
+
+    # The victim still holds its connection and its session: a command reaches it.
+    command = f'{{"id": "{token}"}}'.encode()
+    assert operator.publish("edgewatch/pi-02/cmd", command.decode()) == 0
+    victim.wait_for(lambda: ("edgewatch/pi-02/cmd", command) in victim.messages, "the command")
+    assert victim.disconnects == [] and victim.sessions_present == [False], "the victim was thrown off"
+    assert not attacker.received("edgewatch/pi-02/cmd", command)
+
+    # The attacker is still confined to its own topics, under whatever client id it asked for.
+    assert attacker.publish("edgewatch/pi-02/status", offline) == NOT_AUTHORIZED
+    assert attacker.publish("edgewatch/pi-01/events", '{"ok": true}') == NO_MATCHING_SUBSCRIBERS
+    assert victim.disconnects == []
+    # Leave no retained status for the other tests.
+    cleared = victim.mqtt.publish("edgewatch/pi-02/status", b"", qos=1, retain=True)
+    victim.wait_for(lambda: cleared.mid in victim.acks, "PUBACK for clearing the status")
+
+
+def test_a_devices_session_is_its_certificates(connect: Any) -> None:
+    """The broker keys the session on the certificate, not on the client id the device sends: the
+    agent's persistent session (clean_start false) resumes whatever id it reconnects with."""
+    first = connect("pi-01", "edge-agent-pi-01", clean_start=True, session_expiry=SESSION_EXPIRY_S)
+    assert first.subscribe("edgewatch/pi-01/cmd") == 1
+    first.mqtt.disconnect()  # a clean DISCONNECT: the session stays for SESSION_EXPIRY_S
+    first.wait_for(lambda: first.disconnects != [], "the DISCONNECT")
+    first.mqtt.loop_stop()
+
+    operator = connect("operator")
+    command = f'{{"id": "{uuid.uuid4().hex}"}}'
+    assert operator.publish("edgewatch/pi-01/cmd", command) == 0  # queued in the session
+
+    again = connect("pi-01", "some-other-id", clean_start=False, session_expiry=SESSION_EXPIRY_S)
+    assert again.sessions_present == [True]
+    again.wait_for(lambda: ("edgewatch/pi-01/cmd", command.encode()) in again.messages, "the queued command")
+
+
+def test_one_certificate_is_one_connection(connect: Any) -> None:
+    """The client id is the certificate's CN, so a second connection with the same certificate
+    closes the first: operators and dashboards that run at the same time need a certificate each."""
+    first = connect("operator")
+    first.mqtt.reconnect_delay_set(min_delay=3600, max_delay=3600)  # no fight over the id
+    second = connect("operator")
+    first.wait_for(lambda: first.disconnects != [], "the first connection to be closed")
+    # The second one works: its command is accepted (no device listens now).
+    assert second.publish("edgewatch/pi-01/cmd", '{"id": "x"}') == NO_MATCHING_SUBSCRIBERS
+    assert second.disconnects == []
 
 
 def test_no_trusted_certificate_no_connection(broker: Broker) -> None:

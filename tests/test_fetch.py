@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Tuple
@@ -18,7 +19,8 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from edge_agent.config import S3Config
-from edge_agent.store import FetchCancelled, FetchError, FetchIntegrityError, fetch_bundle
+from edge_agent.store import FetchCancelled, FetchError, FetchIntegrityError, FetchStalled, fetch_bundle
+from tests.bundle_http import BundleServer
 from tests.pki import make_tls_files
 from tests.s3server import S3
 from tests.test_store import make_bundle
@@ -181,7 +183,7 @@ def test_s3_fetch_and_errors(s3: S3, bundle: Path, tmp_path: Path, monkeypatch: 
     port = closed_port()
     wrong = S3Config(endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1")
     with pytest.raises(FetchError, match=rf"cannot reach the S3 endpoint http://127.0.0.1:{port}"):
-        fetch_bundle(s3.uri("models/shapes/1.0.0/"), tmp_path / "e", s3=wrong, max_bytes=2 << 20, timeout_s=2)
+        fetch_bundle(s3.uri("models/shapes/1.0.0/"), tmp_path / "e", s3=wrong, max_bytes=2 << 20, stall_s=2)
 
 
 # -- https:// and loopback http:// -------------------------------------------------------------
@@ -324,7 +326,21 @@ def test_connection_refused_and_timeout(tmp_path: Path) -> None:
         silent.listen(4)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/b/manifest.json"
         with pytest.raises(FetchError, match=r"/b/manifest.json: timed out after 0.3 s"):
-            fetch_bundle(url, tmp_path / "b", s3=NO_S3, max_bytes=1, timeout_s=0.3)
+            fetch_bundle(url, tmp_path / "b", s3=NO_S3, max_bytes=1, stall_s=0.3)
+
+
+def test_a_trickling_server_fails_as_stalled_within_the_stall_window(bundle: Path, tmp_path: Path) -> None:
+    """SPEC §6.5: a server that sends a byte every so often never trips a socket timeout, but
+    less than 1 KiB within a whole ``stall_s`` window is a stall."""
+    with BundleServer(bundle, trickle=(1, 0.05)) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchStalled, match=r"/model\.\w+: stalled: \d+ bytes in the last 1 s"):
+            fetch_bundle(server.manifest, tmp_path / "a", s3=NO_S3, max_bytes=2 << 20, stall_s=1.0)
+        assert time.monotonic() - started < 10  # one window, not the whole file's 20,000 s
+    # Slow but moving (64 KiB every 0.05 s, so every 0.2 s window has some) is no stall.
+    with BundleServer(bundle, trickle=(64 << 10, 0.05)) as server:
+        fetch_bundle(server.manifest, tmp_path / "b", s3=NO_S3, max_bytes=2 << 20, stall_s=0.2)
+    assert same_files(tmp_path / "b", bundle)
 
 
 def test_redirects_to_plain_http_are_refused(tmp_path: Path, serve, tls: TLSFiles) -> None:

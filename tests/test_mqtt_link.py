@@ -229,7 +229,9 @@ def test_clean_stop_delivers_the_queue_then_stopped_and_no_will(
 def test_commands_carry_response_topic_and_correlation_data(
     mosquitto: Mosquitto, mqtt_subscriber: MakeSubscriber, make_link: MakeLink
 ) -> None:
-    operator = mqtt_subscriber(mosquitto, [TOPICS.cmd_result, "ops/replies/#", TOPICS.snapshot])
+    replies = f"{TOPICS.cmd_result}/ops-42"
+    # P/D/cmd/result/# also matches P/D/cmd/result itself.
+    operator = mqtt_subscriber(mosquitto, [f"{TOPICS.cmd_result}/#", "ops/#", TOPICS.snapshot])
     # A retained command must not be replayed to the agent when it subscribes.
     operator.publish(TOPICS.cmd, b'{"id":"stale"}', retain=True)
     commands = Commands(fail_first=1)
@@ -239,25 +241,31 @@ def test_commands_carry_response_topic_and_correlation_data(
     assert link.connected
 
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "ops/replies/42"
+    props.ResponseTopic = replies
     props.CorrelationData = b"\x00corr-42"
     operator.publish(TOPICS.cmd, b'{"id":"c1"}', properties=props)  # the handler raises on this one
     operator.publish(f"{PREFIX}/group/lab/cmd", b'{"id":"c2"}')
     first, second = commands.wait(2)
-    assert first == IncomingCommand(TOPICS.cmd, b'{"id":"c1"}', "ops/replies/42", b"\x00corr-42")
+    assert first == IncomingCommand(TOPICS.cmd, b'{"id":"c1"}', replies, b"\x00corr-42")
     assert second == IncomingCommand(f"{PREFIX}/group/lab/cmd", b'{"id":"c2"}', None, None)
 
+    # Only under P/D/cmd/result/ (SPEC §4): any other Response Topic is ignored, even one the
+    # caller vouches for.
+    elsewhere = IncomingCommand(TOPICS.cmd, b"{}", "ops/replies/42", b"x")
+    link.publish_result({"id": "c0", "device": DEVICE, "status": "succeeded"}, reply_to=elsewhere)
     link.publish_result({"id": "c1", "device": DEVICE, "status": "succeeded"}, reply_to=first)
     link.publish_result({"id": "c2", "device": DEVICE, "status": "rejected"}, reply_to=second)
-    operator.wait_for(lambda ms: len(ms) >= 3, what="results and the reply")
+    operator.wait_for(lambda ms: len(ms) >= 4, what="results and the reply")
     results = operator.received(TOPICS.cmd_result)
     assert [(m.json()["id"], m.json()["status"]) for m in results] == [
+        ("c0", "succeeded"),
         ("c1", "succeeded"),
         ("c2", "rejected"),
     ]
+    assert operator.received("ops/replies/42") == []  # it would have come before c1's reply
     assert all(m.json()["ts"].endswith("Z") for m in results)
-    (reply,) = operator.received("ops/replies/42")
-    assert reply.json() == results[0].json()
+    (reply,) = operator.received(replies)
+    assert reply.json() == results[1].json()
     assert reply.correlation_data == b"\x00corr-42"
     assert [c.payload for c in commands.received] == [b'{"id":"c1"}', b'{"id":"c2"}']  # no stale one
 
@@ -285,6 +293,7 @@ def test_mqtt_311_commands_delivery_and_will(
     (command,) = commands.wait(1)
     assert command == IncomingCommand(TOPICS.cmd, b'{"id":"c3"}', None, None)
     link.publish_result({"id": "c3", "status": "accepted"}, reply_to=command)
+    link.ack(command)  # recorded: the broker may forget it
     assert link.publish_detection(detection) == 1
     watcher.wait_count(TOPICS.detections, 1)
     watcher.wait_count(TOPICS.cmd_result, 1)
@@ -297,6 +306,35 @@ def test_mqtt_311_commands_delivery_and_will(
     assert link.stats.reconnects >= 1
     watcher.publish(TOPICS.cmd, b'{"id":"c4"}')
     assert commands.wait(2)[-1].payload == b'{"id":"c4"}'
+    gate.close()
+
+
+@pytest.mark.parametrize("protocol", [5, 311])
+def test_a_command_is_delivered_again_until_the_agent_acknowledges_it(
+    protocol: int, mosquitto: Mosquitto, mqtt_subscriber: MakeSubscriber, make_link: MakeLink
+) -> None:
+    """A command reaches the broker's hands back if the agent dies before it recorded it (its
+    handler acknowledges only then): after the reconnect it comes again; one acknowledged does not."""
+    sender = mqtt_subscriber(mosquitto, [TOPICS.detections], protocol=protocol)
+    gate = TcpGate(mosquitto.port)
+    commands = Commands()
+    link = make_link(mqtt_config(gate.port, protocol=protocol), on_command=commands)
+    link.start()
+    assert link.wait_connected(10)
+    sender.publish(TOPICS.cmd, b'{"id":"recorded"}')
+    (recorded,) = commands.wait(1)
+    link.ack(recorded)
+    sender.publish(TOPICS.cmd, b'{"id":"in-hand"}')
+    commands.wait(2)
+    # A message the link sends after the acknowledgement follows it on the wire: once it has
+    # arrived, the broker has the PUBACK for "recorded" (and none for "in-hand").
+    link.publish_detection(detection)
+    sender.wait_count(TOPICS.detections, 1)
+    gate.close()  # the agent "crashes" with "in-hand" not yet recorded
+    gate.open()
+    again = commands.wait(3)[-1]
+    assert again.payload == b'{"id":"in-hand"}'
+    assert [c.payload for c in commands.received].count(b'{"id":"recorded"}') == 1
     gate.close()
 
 

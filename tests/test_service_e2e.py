@@ -9,179 +9,26 @@ made by scripts/make-demo-bundles.sh), signed here with a key made for the test.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
 
-from edge_agent.bundle import MANIFEST, SIGNATURE, sha256_file
-from edge_agent.bundle.signing import generate_keypair, load_private_key, sign
-from edge_agent.demo import BUNDLES_DIR
-from tests.mosquitto import Mosquitto
-
-BIN = Path(sys.executable).parent
-DEVICE = "pi-e2e"
-PREFIX = "edgewatch"
-V1, V2 = "1.0.0", "1.1.0"
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Dashboard:
-    """A subscriber to everything the device publishes, like Home Assistant or Node-RED."""
-
-    def __init__(self, port: int):
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.messages: Dict[str, List[Any]] = {"detections": [], "events": [], "result": [], "status": []}
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"dash-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-        )
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/{DEVICE}/#", qos=1)
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        kind = "result" if msg.topic.endswith("cmd/result") else msg.topic.rsplit("/", 1)[-1]
-        if kind in self.messages:
-            with self.lock:
-                self.messages[kind].append(json.loads(msg.payload))
-
-    def get(self, kind: str) -> List[Any]:
-        with self.lock:
-            return list(self.messages[kind])
-
-    def versions(self) -> List[str]:
-        return [d["model"]["version"] for d in self.get("detections")]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class AgentProcess:
-    def __init__(self, config: Path, log: Path):
-        self.config, self.log = config, log
-        self.proc: Optional[subprocess.Popen] = None
-
-    def start(self, env: Optional[Dict[str, str]] = None) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "edge-agent"), "run", "-c", str(self.config)],
-                stdout=log,
-                stderr=log,
-                env={**os.environ, **(env or {})},
-            )
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            log = self.log.read_text()
-            raise AssertionError("edge-agent did not stop within 30 s of SIGTERM:\n" + log) from None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+from edge_agent.bundle import MANIFEST
+from edge_agent.bundle.signing import generate_keypair
+from tests.agent_world import BIN, DEVICE, PREFIX, V1, V2, World, make_world, wait_for
+from tests.bundle_http import BundleServer
+from tests.bundle_variants import variant
 
 
 @pytest.fixture
-def world(tmp_path: Path):
+def world(tmp_path: Path) -> Iterator[World]:
     """Keys, signed bundles v1 and v2, a broker, and an agent config running v1 in `every` mode."""
-    private_pem, public_pem = generate_keypair()
-    (tmp_path / "op.key").write_bytes(private_pem)
-    (tmp_path / "op.pub").write_bytes(public_pem)
-    key = load_private_key(tmp_path / "op.key")
-    bundles = {}
-    for version in (V1, V2):
-        dst = tmp_path / "bundles" / f"shapes-{version}"
-        shutil.copytree(BUNDLES_DIR / f"shapes-{version}", dst)
-        (dst / SIGNATURE).write_bytes(sign((dst / MANIFEST).read_bytes(), key))
-        bundles[version] = dst
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    config = {
-        "device": {"id": DEVICE, "groups": ["lab"]},
-        "camera": {"source": "synthetic:11", "width": 320, "height": 240, "fps": 25, "mode": "every"},
-        "detector": {"backend": "tflite"},
-        "model": {"bundle": str(bundles[V1])},
-        "store": {"dir": str(tmp_path / "store"), "keep_versions": 3},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": PREFIX},
-        "publish": {"mode": "all"},
-        "commands": {"trusted_keys": [str(tmp_path / "op.pub")]},
-        "http": {"listen": None},
-    }
-    cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    dash = Dashboard(broker.port)
-    agent = AgentProcess(cfg_path, tmp_path / "agent.log")
-    w = World(tmp_path, broker, dash, agent, bundles)
-    yield w
-    if agent.alive():
-        agent.stop()
-    dash.close()
-    broker.stop()
-
-
-class World:
-    def __init__(
-        self, root: Path, broker: Any, dash: Dashboard, agent: AgentProcess, bundles: Dict[str, Path]
-    ):
-        self.root, self.broker, self.dash, self.agent, self.bundles = root, broker, dash, agent, bundles
-
-    def ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        cmd = [
-            str(BIN / "edge-ctl"),
-            "--broker",
-            f"mqtt://127.0.0.1:{self.broker.port}",
-            "--prefix",
-            PREFIX,
-            *args,
-        ]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-    def deploy(self, uri: str, *extra: str) -> subprocess.CompletedProcess:
-        return self.ctl(
-            "deploy",
-            "--device",
-            DEVICE,
-            uri,
-            "--key",
-            str(self.root / "op.key"),
-            "--wait",
-            "--timeout",
-            "60",
-            *extra,
-        )
-
-    def serving(self, version: str, frames: int = 5) -> None:
-        """Wait until the last `frames` detection messages were all made by `version`."""
-        wait_for(
-            lambda: len(self.dash.versions()) >= frames and set(self.dash.versions()[-frames:]) == {version},
-            what=f"frames from {version}; log:\n{self.agent.log.read_text()[-3000:]}",
-        )
+    with make_world(tmp_path) as w:
+        yield w
 
 
 def _results(proc: subprocess.CompletedProcess) -> List[Dict[str, Any]]:
@@ -260,13 +107,9 @@ def test_failed_deploys_leave_v1_serving_and_rollback_returns(world: World):
     world.serving(V1)
 
     # 2. a bundle signed by a key the device does not trust: refused at verifying
-    rogue = world.root / "rogue"
-    shutil.copytree(v2, rogue)
     other_private, _ = generate_keypair()
     (world.root / "other.key").write_bytes(other_private)
-    (rogue / SIGNATURE).write_bytes(
-        sign((rogue / MANIFEST).read_bytes(), load_private_key(world.root / "other.key"))
-    )
+    rogue = variant(v2, world.root / "rogue", version=V2, sign_key=world.root / "other.key")
     proc = world.deploy((rogue / MANIFEST).as_uri())
     final = _results(proc)[-1]
     assert proc.returncode == 1 and final["status"] == "failed" and final["stage"] == "verifying", final
@@ -274,17 +117,9 @@ def test_failed_deploys_leave_v1_serving_and_rollback_returns(world: World):
     world.serving(V1)
 
     # 3. a model that does not load (garbage bytes, correctly hashed and signed): refused at loading
-    broken = world.root / "broken"
-    shutil.copytree(v2, broken)
-    doc = json.loads((broken / MANIFEST).read_text())
-    for art in doc["artifacts"]:
-        path = broken / art["file"]
-        path.write_bytes(b"not a model" * 100)
-        art["sha256"], art["bytes"] = sha256_file(path), path.stat().st_size
-    doc["version"] = "1.2.0"
-    (broken / MANIFEST).write_text(json.dumps(doc, indent=2))
-    (broken / SIGNATURE).write_bytes(
-        sign((broken / MANIFEST).read_bytes(), load_private_key(world.root / "op.key"))
+    garbage = {name: b"not a model" * 100 for name in ("model.onnx", "model_int8.tflite")}
+    broken = variant(
+        v2, world.root / "broken", version="1.2.0", replace=garbage, sign_key=world.root / "op.key"
     )
     proc = world.deploy((broken / MANIFEST).as_uri())
     final = _results(proc)[-1]
@@ -414,3 +249,68 @@ def test_systemd_notify_contract(world: World, tmp_path: Path):
     drain()
     assert any("STOPPING=1" in m for m in received)
     sock.close()
+
+
+def test_a_deploy_cut_short_by_sigkill_ends_after_the_restart(world: World):
+    """SPEC §5: every accepted command ends exactly once, across a crash too. The deploy is held
+    in `downloading` (a gated server), the agent is SIGKILLed, and the restarted agent ends the
+    command with `failed` at stage `interrupted`, still serving v1 and holding no half-deploy."""
+    world.agent.start()
+    world.serving(V1)
+    server = BundleServer(world.bundles[V2], gated=True)
+    try:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "edge-ctl"),
+                "--broker",
+                f"mqtt://127.0.0.1:{world.broker.port}",
+                "--prefix",
+                PREFIX,
+                "deploy",
+                "--device",
+                DEVICE,
+                server.manifest,
+                "--key",
+                str(world.root / "op.key"),
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(
+            lambda: any(r.get("stage") == "downloading" for r in world.dash.get("result")), what="downloading"
+        )
+        assert world.agent.proc is not None
+        world.agent.proc.kill()
+        world.agent.proc.wait(10)
+        world.agent.start()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        server.close()
+    assert proc.returncode == 1, out + err
+    results = _results(subprocess.CompletedProcess([], 1, out, err))
+    command_id = results[0]["id"]
+    ends = [
+        r
+        for r in world.dash.get("result")
+        if r["id"] == command_id and r["status"] in ("succeeded", "failed")
+    ]
+    assert [(r["status"], r.get("stage")) for r in ends] == [("failed", "interrupted")]
+    world.serving(V1)
+    # Restarted once more: the command stays ended (nothing is sent for it again).
+    assert world.agent.stop() == 0
+    seen = len(world.dash.get("detections"))
+    world.agent.start()
+    wait_for(lambda: len(world.dash.get("detections")) >= seen + 10, what="frames after the second restart")
+    assert world.agent.stop() == 0
+    time.sleep(0.3)
+    ends = [
+        r
+        for r in world.dash.get("result")
+        if r["id"] == command_id and r["status"] in ("succeeded", "failed")
+    ]
+    assert len(ends) == 1
+    assert sorted(p.name for p in (world.root / "store" / "models" / "shapes").iterdir()) == [V1]

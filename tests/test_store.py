@@ -196,12 +196,13 @@ def test_find_prefers_the_current_name(root: Path, tmp_path: Path, sources: Dict
 def test_prune_keeps_the_most_recently_activated_and_never_current(
     root: Path, sources: Dict[str, Path]
 ) -> None:
-    store = ModelStore(root, keep_versions=2, max_bundle_bytes=1 << 20)
+    store = ModelStore(root, keep_versions=4, max_bundle_bytes=1 << 20)
     installed = {v: install(store, src) for v, src in sources.items()}
     for v in ("1.0.0", "1.1.0", "1.2.0"):
         store.set_current(installed[v])
     store.set_current(installed["1.0.0"])  # a rollback: 1.0.0 current, 1.2.0 before it
     # 2.0.0 was installed but never activated: it goes first.
+    store.keep_versions = 2
     removed = store.prune()
     assert sorted(idents(removed)) == ["shapes@1.1.0", "shapes@2.0.0"]
     assert idents(store.versions()) == ["shapes@1.0.0", "shapes@1.2.0"]
@@ -214,6 +215,47 @@ def test_prune_keeps_the_most_recently_activated_and_never_current(
     assert idents(store.prune()) == ["shapes@1.2.0"]
     current = store.current()
     assert current is not None and current.ident == "shapes@1.0.0" and store.previous() is None
+
+
+def test_installing_makes_room_first_so_the_store_never_holds_more_than_keep_versions(
+    root: Path, sources: Dict[str, Path]
+) -> None:
+    """SPEC §6.5: not even between a deploy's install and its activation (a crash there leaves
+    the store as it is): the least recently activated version makes room, never the current."""
+    store = ModelStore(root, keep_versions=2, max_bundle_bytes=1 << 20)
+    for v in ("1.0.0", "1.1.0"):
+        store.set_current(install(store, sources[v]))
+    assert idents(store.versions()) == ["shapes@1.1.0", "shapes@1.0.0"]
+    install(store, sources["1.2.0"])  # not activated (yet)
+    assert sorted(idents(store.versions())) == ["shapes@1.1.0", "shapes@1.2.0"]
+    install(store, sources["2.0.0"])  # the never-activated 1.2.0 goes, the current stays
+    assert sorted(idents(store.versions())) == ["shapes@1.1.0", "shapes@2.0.0"]
+    current = store.current()
+    assert current is not None and current.ident == "shapes@1.1.0"
+    history = json.loads((root / "current.json").read_text())["history"]
+    assert [h["version"] for h in history] == ["1.1.0"]
+
+    single = ModelStore(root.parent / "single", keep_versions=1, max_bundle_bytes=1 << 20)
+    single.set_current(install(single, sources["1.0.0"]))
+    install(single, sources["1.1.0"])  # keep_versions 1: the current one and the one on its way
+    assert sorted(idents(single.versions())) == ["shapes@1.0.0", "shapes@1.1.0"]
+
+
+def test_recover_removes_what_an_interrupted_deploy_installed_and_never_activated(
+    root: Path, sources: Dict[str, Path]
+) -> None:
+    store = ModelStore(root, keep_versions=3, max_bundle_bytes=1 << 20)
+    store.set_current(install(store, sources["1.0.0"]))
+    install(store, sources["1.1.0"])  # the deploy was killed here
+    actions = ModelStore(root, keep_versions=3, max_bundle_bytes=1 << 20).recover()
+    assert any("shapes@1.1.0" in a and "never activated" in a for a in actions), actions
+    assert idents(store.versions()) == ["shapes@1.0.0"]
+    # An agent restarted with a smaller keep_versions is brought within it at start.
+    for v in ("1.1.0", "1.2.0"):
+        store.set_current(install(store, sources[v]))
+    smaller = ModelStore(root, keep_versions=1, max_bundle_bytes=1 << 20)
+    smaller.recover()
+    assert idents(smaller.versions()) == ["shapes@1.2.0"]
 
 
 def test_import_bundle_copies_only_listed_files_verified(root: Path, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
         help="write an Ed25519 key pair for signing bundles",
         description="Write NAME.key (PKCS#8 PEM private key, mode 0600) and NAME.pub "
         "(SubjectPublicKeyInfo PEM public key) and print the two paths. Sign bundles with "
-        "`package --sign-key NAME.key`; devices trust NAME.pub.",
+        "`package --sign-key NAME.key`; devices list NAME.pub in store.trusted_keys "
+        "(a release key signs models and never commands devices: operators use edge-ctl keygen).",
     )
     p.add_argument("name", metavar="NAME", help="path and base name of the two files")
     p.add_argument("--force", action="store_true", help="replace existing files")

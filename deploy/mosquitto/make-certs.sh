@@ -14,7 +14,8 @@
 # device NAME (/etc/edge-agent/tls/), readable by the edge-agent group only.
 #
 # The CN of a client certificate is its MQTT username (use_identity_as_username in
-# edgewatch.conf), which the ACL's %u patterns match: one certificate per device, never shared.
+# edgewatch.conf), which the ACL's %u patterns match, and its client id (use_username_as_clientid):
+# one certificate per device, never shared, and one per operator or dashboard connected at once.
 set -euo pipefail
 
 out_dir=./edgewatch-pki

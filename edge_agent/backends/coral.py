@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 from ..errors import BackendError, BackendUnavailable
 from . import litert
 from .base import Probe
+from .imports import captured_stderr
 from .tflite import TFLiteBackend
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def parse_device(device: Optional[str]) -> Dict[str, str]:
 def list_edgetpus() -> List[str]:
     """EdgeTPUs attached, as device strings (``usb:0``, ``pci:0``)."""
     try:  # Google's pycoral; the unrelated PyPI 'pycoral' has no such module and is skipped.
-        from pycoral.utils.edgetpu import list_edge_tpus
+        # (quietly: a pycoral built for another numpy prints its failure before raising it)
+        with captured_stderr():
+            from pycoral.utils.edgetpu import list_edge_tpus
 
         found = list_edge_tpus()
         counts: Dict[str, int] = {}

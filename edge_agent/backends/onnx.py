@@ -11,6 +11,7 @@ from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
 from .base import Backend, Probe, wrap_outputs
+from .imports import import_runtime
 
 ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -23,11 +24,8 @@ ORT_DTYPES = {
 
 
 def import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailable(f"onnxruntime is not installed (pip install onnxruntime): {e}") from None
-    return onnxruntime
+    """onnxruntime; BackendUnavailable (one line) when it is absent or cannot load."""
+    return import_runtime("onnxruntime", "onnxruntime", "pip install onnxruntime")
 
 
 def provider_for(device: str, available: List[str]) -> str:

@@ -23,6 +23,7 @@ from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
 from .base import Backend, Probe, wrap_outputs
+from .imports import import_runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ TARGETS = {"CPU": (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU)}
 
 
 def _onnx_input_shape(path: Path) -> Optional[Tuple[int, ...]]:
-    try:
-        import onnx
-    except ImportError:
+    try:  # optional; one that cannot load (another numpy's build) is as good as absent, quietly
+        onnx = import_runtime("onnx", "onnx", "pip install onnx")
+    except BackendUnavailable as e:
+        log.debug("no ONNX input layout from %s: %s", path.name, e)
         return None
     model = onnx.load(str(path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}

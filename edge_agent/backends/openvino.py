@@ -17,6 +17,7 @@ from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
 from .base import Backend, BackendOptions, Pending, Probe, wrap_outputs
+from .imports import import_runtime
 
 ELEMENT_DTYPES = {
     "f32": np.float32,
@@ -31,18 +32,14 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 
 def import_openvino() -> Tuple[Any, str]:
     """(Core class, version string)."""
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailable(f"OpenVINO is not installed (pip install openvino): {e}") from None
+    openvino = import_runtime("openvino", "openvino", "pip install openvino")
     core = getattr(openvino, "Core", None)
     get_version = getattr(openvino, "get_version", None)
     if core is None:  # 2022.x keeps its API in openvino.runtime
-        try:
-            from openvino import runtime
-        except ImportError as e:
-            raise BackendUnavailable(f"OpenVINO is installed but has no Core: {e}") from None
-        core, get_version = runtime.Core, runtime.get_version
+        runtime = import_runtime("openvino.runtime", "openvino", "pip install openvino")
+        core, get_version = getattr(runtime, "Core", None), getattr(runtime, "get_version", None)
+        if core is None:
+            raise BackendUnavailable("openvino is installed but has no Core (pip install --upgrade openvino)")
     # "2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"
     return core, str(get_version()).split("-")[0] if get_version else "?"
 

@@ -10,7 +10,7 @@ import base64
 import binascii
 import os
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -94,6 +94,18 @@ def load_public_key(path: Union[str, Path]) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{p}: not an Ed25519 public key")
     return key
+
+
+def load_public_keys(paths: Sequence[Union[str, Path]], setting: str) -> List[Ed25519PublicKey]:
+    """The keys a configuration list names; an unusable one is an error naming the setting and
+    its index (``store.trusted_keys[1]: /etc/...: not an Ed25519 public key``)."""
+    keys = []
+    for i, path in enumerate(paths):
+        try:
+            keys.append(load_public_key(path))
+        except SignatureError as e:
+            raise SignatureError(f"{setting}[{i}]: {e}") from e
+    return keys
 
 
 def sign(data: bytes, key: Ed25519PrivateKey) -> bytes:

@@ -24,9 +24,11 @@ from ..messages import utc_now_iso
 SIGNATURE_FIELD = "sig"
 MAX_ID_LENGTH = 128
 
-# RFC 3339 date-time: a time zone is mandatory; any number of fractional digits.
+# RFC 3339 date-time: a time zone is mandatory; any number of fractional digits. ASCII digits
+# only: \d would also take "２０２６".
 _RFC3339_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$",
+    re.ASCII,
 )
 
 

@@ -178,8 +178,10 @@ def send(
         if follows:
             # Subscribed before sending, so that no result can come back before we listen.
             topics = [f"{args.prefix}/{'+' if _is_group(args) else args.device}/cmd/result"]
-            if conn.is_v5:
-                response_topic = f"edge-ctl/{uuid.uuid4().hex}/result"
+            if conn.is_v5 and not _is_group(args):
+                # A device answers on a Response Topic only under its own P/D/cmd/result/ (SPEC §4),
+                # so a group's devices cannot share one: their results come on P/+/cmd/result.
+                response_topic = f"{topics[0]}/edge-ctl-{uuid.uuid4().hex}"
                 topics.append(response_topic)
             conn.subscribe([*topics, *(extra.topics if extra else [])], qos=1)
         properties = _publish_properties(envelope, response_topic, args.expires) if conn.is_v5 else None
@@ -199,7 +201,7 @@ def send(
 def cmd_keygen(args: argparse.Namespace) -> int:
     private_path, public_path = write_keypair(args.name, force=args.force)
     print(f"{private_path}: private key; keep it secret, sign commands with --key {private_path}")
-    print(f"{public_path}: public key; list it in commands.trusted_keys on the devices")
+    print(f"{public_path}: public key; list it in commands.trusted_keys on the devices (it commands them)")
     return 0
 
 

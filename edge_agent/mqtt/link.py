@@ -21,7 +21,7 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import ConfigError, MQTTConfig
 from ..messages import utc_now_iso
-from .outbox import Outbox, OutboxItem
+from .outbox import OpenCommand, Outbox, OutboxItem
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class IncomingCommand:
     payload: bytes
     response_topic: Optional[str]
     correlation_data: Optional[bytes]
+    # The delivery, for ``MqttLink.ack`` once the command is recorded (not part of its identity).
+    mid: int = field(default=0, compare=False)
+    qos: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,6 @@ def encode_json(obj: Dict[str, Any]) -> bytes:
 
 def _with_ts(obj: Dict[str, Any]) -> Dict[str, Any]:
     return obj if "ts" in obj else {**obj, "ts": utc_now_iso()}
-
-
-def _valid_publish_topic(topic: str) -> bool:
-    return bool(topic) and "+" not in topic and "#" not in topic and "\0" not in topic
 
 
 def _readable(path: Path, key: str) -> Path:
@@ -237,6 +236,9 @@ class MqttLink:
                 clean_session=False,
                 protocol=mqtt.MQTTv311,
             )
+        # A command is acknowledged to the broker only once the handler has recorded it (``ack``):
+        # one that arrives just before a crash is delivered again after the restart, not lost.
+        client.manual_ack_set(True)
         paho_log = logging.getLogger(f"{__name__}.paho")
         if not any(isinstance(f, _DemoteShutdownNoise) for f in paho_log.filters):
             paho_log.addFilter(_DemoteShutdownNoise())
@@ -405,17 +407,30 @@ class MqttLink:
         self.outbox.put(self.topics.events, encode_json(_with_ts(event)), qos=1)
         self._notify()
 
-    def publish_result(self, result: Dict[str, Any], reply_to: Optional[IncomingCommand] = None) -> None:
-        """A command result on P/D/cmd/result, and to the command's MQTT 5 Response Topic if any."""
+    def publish_result(
+        self,
+        result: Dict[str, Any],
+        reply_to: Optional[IncomingCommand] = None,
+        opens: Optional[OpenCommand] = None,
+    ) -> None:
+        """A command result on P/D/cmd/result. ``reply_to``: a command whose signature verified
+        (only the caller knows; pass None for any other, since anyone can set a Response Topic);
+        the result then also goes to its MQTT 5 Response Topic, with its Correlation Data, when
+        that lies under P/D/cmd/result/ (SPEC §4). Any other Response Topic is ignored: a command
+        must not make the device publish where it likes (its status, another device's commands)."""
         payload = encode_json(_with_ts(result))
-        self.outbox.put(self.topics.cmd_result, payload, qos=1)
+        # An accepted command is journaled with its "accepted", and forgotten with its final
+        # result, in the same transaction (SPEC §5: each ends exactly once, across crashes too).
+        closes = result["id"] if result.get("status") in ("succeeded", "failed") else None
+        self.outbox.put(self.topics.cmd_result, payload, qos=1, opens=opens, closes=closes)
         if reply_to is not None and reply_to.response_topic is not None:
-            if _valid_publish_topic(reply_to.response_topic):
-                self.outbox.put(
-                    reply_to.response_topic, payload, qos=1, correlation_data=reply_to.correlation_data
-                )
+            topic = reply_to.response_topic
+            if self.topics.is_reply_topic(topic):
+                self.outbox.put(topic, payload, qos=1, correlation_data=reply_to.correlation_data)
             else:
-                log.warning("MQTT: ignoring the invalid response topic %r", reply_to.response_topic)
+                log.debug(
+                    "MQTT: ignoring the response topic %r (not under %s)", topic, self.topics.cmd_reply_prefix
+                )
         self._notify()
 
     def publish_snapshot(self, jpeg: bytes) -> None:
@@ -651,6 +666,7 @@ class MqttLink:
             self._cv.notify_all()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handed_over = False
         try:
             if message.retain:
                 # Only a retained message replayed on subscribe carries the flag (MQTT 3.1.1).
@@ -664,7 +680,19 @@ class MqttLink:
                 payload=bytes(message.payload),
                 response_topic=response_topic,
                 correlation_data=None if correlation_data is None else bytes(correlation_data),
+                mid=message.mid,
+                qos=message.qos,
             )
             self._on_command(command)
+            handed_over = True
         except Exception:
             log.exception("MQTT: handling a message failed")
+        finally:
+            if not handed_over:  # nobody else will acknowledge it
+                client.ack(message.mid, message.qos)
+
+    def ack(self, command: IncomingCommand) -> None:
+        """Acknowledge a command to the broker once it is recorded (answered, or journaled as
+        accepted): until then a crash leaves it with the broker, which delivers it again."""
+        if command.qos > 0:
+            self._client.ack(command.mid, command.qos)

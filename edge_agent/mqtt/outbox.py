@@ -37,8 +37,22 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Accepted commands still without their final result (SPEC §5), written in the transaction
+-- that queues "accepted" and deleted in the one that queues the final result: after a crash,
+-- what is left here is exactly the commands a restart must end.
+CREATE TABLE IF NOT EXISTS open_commands (id TEXT PRIMARY KEY, type TEXT NOT NULL, context TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 """
+
+
+@dataclass(frozen=True)
+class OpenCommand:
+    """An accepted command whose final result is not queued yet; ``context`` is the caller's
+    note (JSON text) for ending it after a restart."""
+
+    id: str
+    type: str
+    context: str = "{}"
 
 
 @dataclass(frozen=True)
@@ -106,9 +120,13 @@ class Outbox:
         retain: bool = False,
         correlation_data: Optional[bytes] = None,
         counter: Optional[str] = None,
+        opens: Optional[OpenCommand] = None,
+        closes: Optional[str] = None,
     ) -> Optional[int]:
         """Queue one message; with ``counter``, increment that counter, build the payload from its
-        new value (``payload`` is then a function of it) in the same transaction, and return it."""
+        new value (``payload`` is then a function of it) in the same transaction, and return it.
+        ``opens`` records a command as open and ``closes`` forgets the command with that id, both
+        in the same transaction as the message (its ``accepted`` and its final result)."""
         if callable(payload) and counter is None:
             raise ValueError("a payload built from a counter value needs the counter's name")
         if qos not in (0, 1, 2):
@@ -142,6 +160,13 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?)",
                     (topic, body, qos, int(retain), correlation_data),
                 )
+                if opens is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO open_commands (id, type, context) VALUES (?, ?, ?)",
+                        (opens.id, opens.type, opens.context),
+                    )
+                if closes is not None:
+                    conn.execute("DELETE FROM open_commands WHERE id = ?", (closes,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -201,6 +226,12 @@ class Outbox:
             self._count -= removed
             if self._count < self.max_messages:
                 self._overflowing = False
+
+    def open_commands(self) -> List[OpenCommand]:
+        """The accepted commands whose final result was never queued, oldest first."""
+        with self._lock:
+            rows = self._db().execute("SELECT id, type, context FROM open_commands ORDER BY rowid").fetchall()
+        return [OpenCommand(id=r[0], type=r[1], context=r[2]) for r in rows]
 
     def counter(self, name: str) -> int:
         """The counter's current value: 0 if it was never used."""

@@ -61,6 +61,20 @@ class Topics:
         return f"{self.base}/cmd/result"
 
     @property
+    def cmd_reply_prefix(self) -> str:
+        """Where a command's MQTT 5 Response Topic may lie (SPEC §4); the shipped ACL grants a
+        device this and nothing else of the kind."""
+        return f"{self.cmd_result}/"
+
+    def is_reply_topic(self, topic: str) -> bool:
+        """``topic`` is a publishable topic strictly under :attr:`cmd_reply_prefix`."""
+        return (
+            topic.startswith(self.cmd_reply_prefix)
+            and len(topic) > len(self.cmd_reply_prefix)
+            and not any(c in topic for c in "+#\0")
+        )
+
+    @property
     def snapshot(self) -> str:
         return f"{self.base}/snapshot"
 

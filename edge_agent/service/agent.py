@@ -14,16 +14,19 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import __version__
 from ..annotate import draw_detections, encode_jpeg
 from ..backends.auto import is_fallback
+from ..bundle.signing import SignatureError, load_public_keys
 from ..commands.checker import CommandChecker
 from ..commands.replay import SeenIds
-from ..config import AgentConfig
+from ..config import AgentConfig, ConfigError
 from ..detector import Detector, Thresholds
-from ..errors import EdgewatchError
+from ..errors import BackendUnavailable, EdgewatchError
 from ..http_view import HttpView
 from ..loading import open_detector
 from ..messages import DetectionMessage, utc_now_iso
@@ -32,7 +35,7 @@ from ..mqtt.outbox import Outbox
 from ..mqtt.topics import Topics
 from ..sources import open_source
 from ..sources.base import FrameSource
-from ..store.deploy import Deployer, StageTimeouts
+from ..store.deploy import Deployer
 from ..store.models import ModelStore, StoredVersion
 from ..systemd import Notifier
 from .commands import AgentHooks, CommandHandler
@@ -48,15 +51,9 @@ STATUS_INTERVAL_S = 10.0
 
 
 class Agent:
-    def __init__(
-        self,
-        config: AgentConfig,
-        source: Optional[FrameSource] = None,
-        stage_timeouts: Optional[StageTimeouts] = None,
-    ):
+    def __init__(self, config: AgentConfig, source: Optional[FrameSource] = None):
         self.config = config
         self.source = source
-        self.stage_timeouts = stage_timeouts or StageTimeouts()
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -120,15 +117,15 @@ class Agent:
             heartbeat=self.notifier.watchdog,
             on_failing=self._on_failing,
         )
-        self.switch = DetectorSwitch(self.pipeline, self.stage_timeouts.activating)
+        self.switch = DetectorSwitch(self.pipeline, cfg.store.timeouts.activating_s)
         self.deployer = Deployer(
             self.store,
             s3=cfg.s3,
-            trusted_keys=checker.trusted_keys,
-            build=self._open,
+            trusted_keys=release_keys(cfg, checker.trusted_keys),
+            build=self._open_for_swap,
             activate=self.switch.activate,
             close=close_detector,
-            timeouts=self.stage_timeouts,
+            timeouts=cfg.store.timeouts,
         )
         self.commands = CommandHandler(
             cfg.device.id,
@@ -148,6 +145,7 @@ class Agent:
             ),
         )
         detector = self._initial_detector()
+        self.commands.end_interrupted()
         self.commands.start()
         self.link.start()
         self.pipeline.start(detector)
@@ -210,9 +208,11 @@ class Agent:
             detector.set_thresholds(self._thresholds())
 
     def _open(self, bundle_dir: Path, backend: Optional[str], verify: bool = False) -> Detector:
-        """A detector for an installed bundle. The store verified its files (``recover`` at start,
-        the deploy's verifying stage, a rollback's check) so they are hashed again only on
-        request: a 200 MB bundle costs a Pi seconds per pass."""
+        """A detector for an installed bundle, at start or after the accelerator failed: on
+        ``backend`` (default: the configured one), or, when that accelerator or its runtime is
+        absent, on whatever auto finds. The store verified the files (``recover`` at start, the
+        deploy's verifying stage, a rollback's check), so they are hashed again only on request:
+        a 200 MB bundle costs a Pi seconds per pass."""
         d = self.config.detector
         name = backend or d.backend
         device = d.device if name == d.backend else None
@@ -220,11 +220,11 @@ class Agent:
             detector, reasons = open_detector(
                 str(bundle_dir), name, device, d.threads, self._thresholds(), verify=verify
             )
-        except EdgewatchError as e:
+        except BackendUnavailable as e:
             if name == "auto":
                 raise
             # The configured accelerator is missing (unplugged Coral, no NCS2): keep serving on
-            # whatever auto finds, and say so.
+            # whatever auto finds, and say so. A model that does not load is no reason to.
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
             detector, reasons = open_detector(
                 str(bundle_dir), "auto", None, d.threads, self._thresholds(), verify=verify
@@ -233,6 +233,25 @@ class Agent:
         fallbacks = [r for r in reasons if is_fallback(r)]
         if fallbacks:
             self._event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
+        return detector
+
+    def _open_for_swap(self, bundle_dir: Path, backend: Optional[str]) -> Detector:
+        """A deploy's or rollback's new detector (SPEC §6.2 loading): on the backend the command
+        names, else on the one that serves now, on its device, with no fallback, so that an
+        artifact that does not load there fails the deploy instead of hiding behind another
+        backend's artifact. With nothing serving yet, as at start."""
+        serving = self.switch.serving
+        if backend is None and serving is None:
+            return self._open(bundle_dir, None)
+        d = self.config.detector
+        if backend is None:
+            assert serving is not None
+            name, device = serving.backend.name, serving.backend.options.device
+        else:
+            name, device = backend, (d.device if backend == d.backend else None)
+        detector, _ = open_detector(
+            str(bundle_dir), name, device, d.threads, self._thresholds(), verify=False
+        )
         return detector
 
     def _open_warm(self, sv: StoredVersion, verify: bool) -> Detector:
@@ -379,6 +398,24 @@ class Agent:
 
     def _metrics(self) -> str:
         return metrics_text(self._status(), self._mqtt_connected())
+
+
+def release_keys(config: AgentConfig, command_keys: List[Ed25519PublicKey]) -> List[Ed25519PublicKey]:
+    """The keys that bundle signatures are checked against (SPEC §3 store.trusted_keys): the
+    release keys; when none are listed, the command keys, so that a device configured before the
+    two roles were split keeps verifying its bundles, with a warning that they are one set."""
+    if config.store.trusted_keys:
+        try:
+            return load_public_keys(config.store.trusted_keys, "store.trusted_keys")
+        except SignatureError as e:
+            raise ConfigError(str(e)) from e
+    if command_keys:
+        log.warning(
+            "store.trusted_keys is empty: bundle signatures are checked against commands.trusted_keys, "
+            "so an operator key can also sign models and the release key can also command this "
+            "device; list the release keys in store.trusted_keys to separate the two roles"
+        )
+    return list(command_keys)
 
 
 def _ref(sv: StoredVersion) -> Dict[str, str]:

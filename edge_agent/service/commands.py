@@ -17,6 +17,7 @@ from ..commands.checker import Command, CommandChecker, CommandRejected
 from ..commands.results import CommandResult
 from ..messages import utc_now_iso
 from ..mqtt.link import IncomingCommand, MqttLink
+from ..mqtt.outbox import OpenCommand
 from ..store.deploy import Deployer, DeployFailed, Report
 from ..store.models import StoredVersion
 from .pipeline import Pipeline
@@ -27,6 +28,52 @@ from .switching import DetectorSwitch
 log = logging.getLogger(__name__)
 
 PROGRESS_STEP = 0.1  # publish download progress in steps of 10 % (and at least once a second)
+DROP_LOG_INTERVAL_S = 60.0  # at most one line per minute about payloads too broken to answer
+
+
+def _loggable(text: str) -> str:
+    """``text`` as is, or quoted with escapes when it holds what could forge or break a log line
+    (a newline, a control character, a lone surrogate): it comes from whoever sent the command."""
+    return text if text.isprintable() else ascii(text)
+
+
+class DropLog:
+    """Logs payloads too broken to answer (SPEC §5: "logged and dropped") without letting a flood
+    of them flood the log: the first at once, then at most one line every ``interval_s`` that
+    counts those dropped since and names the latest reason."""
+
+    def __init__(self, interval_s: float = DROP_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_line: Optional[float] = None
+        self._unlogged = 0
+        self._latest = ""
+        self.dropped = 0  # for the life of the handler
+
+    def note(self, topic: str, reason: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self.dropped += 1
+            self._latest = f"on {_loggable(topic)}: {_loggable(reason)}"
+            if self._last_line is not None and now - self._last_line < self.interval_s:
+                self._unlogged += 1
+                return
+            self._last_line = now
+            self._log_locked(self._unlogged + 1)
+
+    def flush(self) -> None:
+        """Log what is counted but not yet logged (at the end of the service)."""
+        with self._lock:
+            if self._unlogged:
+                self._log_locked(self._unlogged)
+
+    def _log_locked(self, count: int) -> None:
+        if count == 1:
+            log.warning("dropped a command %s", self._latest)
+        else:
+            log.warning("dropped %d commands too broken to answer; the latest %s", count, self._latest)
+        self._unlogged = 0
 
 
 @dataclass
@@ -62,6 +109,7 @@ class CommandHandler:
         self.settings = settings
         self.policy = policy
         self.hooks = hooks
+        self.drops = DropLog()
         self._queue: queue.Queue[Optional[IncomingCommand]] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._swap_thread: Optional[threading.Thread] = None
@@ -80,6 +128,7 @@ class CommandHandler:
         for t in (self._thread, self._swap_thread):
             if t is not None:
                 t.join(timeout)
+        self.drops.flush()
 
     def _loop(self) -> None:
         while True:
@@ -91,17 +140,20 @@ class CommandHandler:
             except Exception:
                 # A bad command never stops the service.
                 log.exception("command on %s failed", incoming.topic)
+            finally:
+                self.link.ack(incoming)
 
     # -- results ---------------------------------------------------------------------------
     def _result(
         self,
         command_id: str,
         status: str,
-        reply_to: Optional[IncomingCommand],
+        reply_to: Optional[IncomingCommand],  # the command, when its signature verified
         stage: Optional[str] = None,
         detail: Optional[str] = None,
         progress: Optional[float] = None,
         data: Optional[Dict[str, Any]] = None,
+        opens: Optional[OpenCommand] = None,
     ) -> None:
         result = CommandResult(
             id=command_id,
@@ -113,23 +165,68 @@ class CommandHandler:
             progress=None if progress is None else round(progress, 3),
             data=data,
         )
-        self.link.publish_result(result.to_json_dict(), reply_to)
+        self.link.publish_result(result.to_json_dict(), reply_to, opens=opens)
 
     def handle(self, incoming: IncomingCommand) -> None:
         try:
             cmd = self.checker.check(incoming.payload)
         except CommandRejected as r:
             if r.command_id is None:
-                log.warning("dropped a command on %s: %s", incoming.topic, r.reason)
+                self.drops.note(incoming.topic, r.reason)
             else:
-                log.warning("rejected command %s: %s", r.command_id, r.reason)
-                self._result(r.command_id, "rejected", incoming, detail=r.reason)
+                log.warning("rejected command %s: %s", _loggable(r.command_id), _loggable(r.reason))
+                reply_to = self._reply_to(incoming, r.signature_verified)
+                self._result(r.command_id, "rejected", reply_to, detail=r.reason)
             return
         log.info("command %s: %s %s", cmd.id, cmd.type, json.dumps(cmd.args.model_dump(exclude_none=True)))
-        getattr(self, f"_cmd_{cmd.type}")(cmd, incoming)
+        getattr(self, f"_cmd_{cmd.type}")(cmd, self._reply_to(incoming, cmd.signature_verified))
+
+    def _reply_to(self, incoming: IncomingCommand, signature_verified: bool) -> Optional[IncomingCommand]:
+        """``incoming`` when its results may also go to its Response Topic (SPEC §4): anyone who can
+        publish a command can set one, so only a command whose signature verified has it honoured,
+        and only under P/D/cmd/result/."""
+        topic = incoming.response_topic
+        if topic is None or not signature_verified:
+            return None
+        if not self.link.topics.is_reply_topic(topic):
+            log.warning(
+                "a command's Response Topic %s is ignored: replies go under %s only",
+                _loggable(topic),
+                self.link.topics.cmd_reply_prefix,
+            )
+            return None
+        return incoming
+
+    def end_interrupted(self) -> None:
+        """End the deploys and rollbacks that a crash or power cut cut short (SPEC §5), once the
+        store has recovered and the start-up model is chosen: ``failed`` at stage
+        ``interrupted`` while the version current at acceptance still is; ``succeeded`` when the
+        switch had been recorded before the restart (the device serves it now, and a result
+        saying otherwise would be false)."""
+        for interrupted in self.link.outbox.open_commands():
+            before = json.loads(interrupted.context).get("current")
+            current = self.deployer.store.current()
+            now = current.ident if current is not None else None
+            if now is not None and now != before:
+                log.warning("%s %s: %s was recorded before a restart", interrupted.type, interrupted.id, now)
+                self._result(
+                    interrupted.id,
+                    "succeeded",
+                    None,
+                    detail=f"{now} is active (recorded before a restart cut the {interrupted.type} short)",
+                )
+            else:
+                log.warning("%s %s was interrupted by a restart", interrupted.type, interrupted.id)
+                self._result(
+                    interrupted.id,
+                    "failed",
+                    None,
+                    stage="interrupted",
+                    detail=f"the agent restarted during the {interrupted.type}; {now or 'no model'} serves",
+                )
 
     # -- deploy and rollback ---------------------------------------------------------------
-    def _reporter(self, cmd: Command, reply_to: IncomingCommand) -> Report:
+    def _reporter(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> Report:
         last: Dict[str, Any] = {"stage": None, "progress": -1.0, "t": 0.0}
 
         def report(stage: str, progress: Optional[float], detail: Optional[str]) -> None:
@@ -143,14 +240,16 @@ class CommandHandler:
         return report
 
     def _start_swap(
-        self, cmd: Command, reply_to: IncomingCommand, work: Callable[[Report], StoredVersion]
+        self, cmd: Command, reply_to: Optional[IncomingCommand], work: Callable[[Report], StoredVersion]
     ) -> None:
         if not self.deployer.try_begin():
             self._result(
                 cmd.id, "rejected", reply_to, detail="busy: another deploy or rollback is in progress"
             )
             return
-        self._result(cmd.id, "accepted", reply_to)
+        current = self.deployer.store.current()
+        before = json.dumps({"current": current.ident if current is not None else None})
+        self._result(cmd.id, "accepted", reply_to, opens=OpenCommand(cmd.id, cmd.type, before))
 
         def run() -> None:
             old = self.switch.serving
@@ -176,7 +275,7 @@ class CommandHandler:
         self._swap_thread = threading.Thread(target=run, name=f"edge-agent-{cmd.type}", daemon=True)
         self._swap_thread.start()
 
-    def _cmd_deploy(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_deploy(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, DeployArgs)
         self._start_swap(
@@ -192,13 +291,13 @@ class CommandHandler:
             ),
         )
 
-    def _cmd_rollback(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_rollback(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, RollbackArgs)
         self._start_swap(cmd, reply_to, lambda report: self.deployer.rollback(a.version, report=report))
 
     # -- the rest --------------------------------------------------------------------------
-    def _cmd_set(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_set(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, SetArgs)
         self.settings.update(a.model_dump(exclude_none=True))
@@ -206,11 +305,11 @@ class CommandHandler:
         self.hooks.apply_thresholds()
         self._result(cmd.id, "succeeded", reply_to, data=self.settings.public())
 
-    def _cmd_status(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_status(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         self.hooks.publish_status()
         self._result(cmd.id, "succeeded", reply_to, data=self.hooks.status())
 
-    def _cmd_snapshot(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_snapshot(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         jpeg = self.hooks.snapshot_jpeg()
         if jpeg is None:
             self._result(cmd.id, "failed", reply_to, detail="no frame processed yet")
@@ -220,12 +319,12 @@ class CommandHandler:
             cmd.id, "succeeded", reply_to, detail=f"{len(jpeg)} bytes on {self.link.topics.snapshot}"
         )
 
-    def _cmd_pause(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_pause(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         self.pipeline.pause()
         self.hooks.publish_status()
         self._result(cmd.id, "succeeded", reply_to, detail="paused")
 
-    def _cmd_resume(self, cmd: Command, reply_to: IncomingCommand) -> None:
+    def _cmd_resume(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         self.pipeline.resume()
         self.hooks.publish_status()
         self._result(cmd.id, "succeeded", reply_to, detail="resumed")

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from .deploy import Deployer, DeployFailed, Report, StageTimeouts
-from .fetch import FetchCancelled, FetchError, FetchIntegrityError, Progress, fetch_bundle
+from .deploy import Deployer, DeployFailed, Report
+from .fetch import FetchCancelled, FetchError, FetchIntegrityError, FetchStalled, Progress, fetch_bundle
 from .models import ModelStore, StoredVersion, StoreError
 
 __all__ = [
     "DeployFailed",
     "Deployer",
     "FetchCancelled",
+    "FetchStalled",
     "FetchError",
     "FetchIntegrityError",
     "ModelStore",
     "Progress",
     "Report",
-    "StageTimeouts",
     "StoreError",
     "StoredVersion",
     "fetch_bundle",

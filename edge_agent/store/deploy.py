@@ -3,9 +3,9 @@
 A deploy goes through ``downloading``, ``verifying``, ``loading``, ``warming`` and ``activating``;
 a rollback through ``loading``, ``warming`` and ``activating``. Each stage is reported through the
 caller's ``report(stage, progress, detail)`` and runs its blocking work in a worker thread under
-the stage's timeout. Any failure raises :class:`DeployFailed` naming the stage and the reason,
-with the old model still serving, the staging directory removed and the store's current version
-unchanged.
+the stage's timeout (``store.timeouts``). Any failure raises :class:`DeployFailed` naming the
+stage and the reason, with the old model still serving, the staging directory removed and the
+store's current version unchanged.
 
 What the caller (the agent) supplies and must know:
 
@@ -14,7 +14,7 @@ What the caller (the agent) supplies and must know:
   ``warm()`` that outlives its timeout is abandoned: the deploy fails at once, and when the
   worker finishes later, whatever it built is closed.
 - ``activate(detector)`` hands the detector to the pipeline and returns once it serves. If it
-  raises, the detector is closed. If it does not return within ``timeouts.activating`` the deploy
+  raises, the detector is closed. If it does not return within ``timeouts.activating_s`` the deploy
   fails; should it return later after all, the pipeline serves the new model, so it is then
   recorded as current (and logged) rather than closed under the pipeline's feet.
 - If ``activate`` succeeded but recording the new version as current failed, the new detector
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..bundle import load_bundle, signing
 from ..bundle.manifest import version_key
-from ..config import S3Config
+from ..config import S3Config, StoreTimeouts
 from ..errors import BundleError, EdgewatchError
 from .fetch import FetchIntegrityError, fetch_bundle, redact
 from .models import ModelStore, StoredVersion
@@ -59,17 +58,6 @@ class DeployFailed(EdgewatchError):
         self.stage = stage
         self.reason = reason
         self.activated = activated
-
-
-@dataclass(frozen=True)
-class StageTimeouts:
-    """Seconds each stage may take."""
-
-    downloading: float = 600
-    verifying: float = 120
-    loading: float = 120
-    warming: float = 60
-    activating: float = 30
 
 
 LateHandler = Callable[[Optional[T], Optional[BaseException]], None]
@@ -135,8 +123,7 @@ class Deployer:
         build: Callable[[Path, Optional[str]], Any],
         activate: Callable[[Any], None],
         close: Callable[[Any], None],
-        timeouts: StageTimeouts = StageTimeouts(),
-        fetch_timeout_s: float = 30.0,
+        timeouts: StoreTimeouts = StoreTimeouts(),
         cafile: Optional[Path] = None,
     ) -> None:
         self.store = store
@@ -146,7 +133,6 @@ class Deployer:
         self.activate = activate
         self.close = close
         self.timeouts = timeouts
-        self.fetch_timeout_s = fetch_timeout_s
         self.cafile = cafile
         self._slot = threading.Lock()
         self._busy = False
@@ -257,7 +243,7 @@ class Deployer:
                     files=files,
                     progress=progress,
                     cancelled=cancelled,
-                    timeout_s=self.fetch_timeout_s,
+                    stall_s=self.timeouts.download_stall_s,
                     cafile=self.cafile,
                 )
             except FetchIntegrityError as e:  # what arrived is not what the manifest lists
@@ -267,7 +253,7 @@ class Deployer:
             self.store.discard(staging)  # the worker may have written after the first discard
 
         try:
-            self._wait("downloading", _Job("deploy-downloading", work, late), self.timeouts.downloading)
+            self._wait("downloading", _Job("deploy-downloading", work, late), self.timeouts.download_s)
         finally:
             cancelled.set()
 
@@ -330,7 +316,7 @@ class Deployer:
                 log.warning("closing the detector for %s that finished loading after its timeout", sv.ident)
                 self._close_quietly(detector)
 
-        return self._wait("loading", _Job("deploy-loading", work, late), self.timeouts.loading)
+        return self._wait("loading", _Job("deploy-loading", work, late), self.timeouts.loading_s)
 
     def _warm(self, sv: StoredVersion, detector: Any, report: Report) -> None:
         """Warm the detector; on failure it is closed (at once, or by the worker after a timeout)."""
@@ -345,8 +331,8 @@ class Deployer:
             self._close_quietly(detector)
 
         job = _Job("deploy-warming", work, late)
-        if not job.wait(self.timeouts.warming):
-            raise DeployFailed("warming", f"timed out after {self.timeouts.warming:g} s")
+        if not job.wait(self.timeouts.warming_s):
+            raise DeployFailed("warming", f"timed out after {self.timeouts.warming_s:g} s")
         if job.error is not None:
             self._close_quietly(detector)
             raise DeployFailed("warming", _reason(job.error))
@@ -367,9 +353,10 @@ class Deployer:
                 log.exception("recording %s as current after a late activation", sv.ident)
 
         job = _Job("deploy-activating", lambda: self.activate(detector), late)
-        if not job.wait(self.timeouts.activating):
+        if not job.wait(self.timeouts.activating_s):
             raise DeployFailed(
-                "activating", f"the pipeline did not take the new model within {self.timeouts.activating:g} s"
+                "activating",
+                f"the pipeline did not take the new model within {self.timeouts.activating_s:g} s",
             )
         if job.error is not None:
             self._close_quietly(detector)
@@ -436,7 +423,7 @@ class Deployer:
             lambda: self._verify_and_install(directory, sha256, allow_downgrade, install),
             late,
         )
-        return self._wait("verifying", job, self.timeouts.verifying)
+        return self._wait("verifying", job, self.timeouts.verifying_s)
 
     def _rollback(self, version: Optional[str], report: Report) -> StoredVersion:
         self._stage = "loading"
@@ -465,4 +452,4 @@ class Deployer:
             log.exception("removing %s after a failed deploy", sv.ident)
 
 
-__all__ = ["DeployFailed", "Deployer", "Report", "StageTimeouts"]
+__all__ = ["DeployFailed", "Deployer", "Report"]

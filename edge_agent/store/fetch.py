@@ -21,6 +21,7 @@ messages lose their query string, which may hold credentials (pre-signed URLs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import ipaddress
@@ -29,11 +30,12 @@ import os
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ..bundle import MANIFEST, SIGNATURE, parse_manifest
 from ..config import S3Config
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
+# A download that moves less than this within a whole stall window is stalled (SPEC §6.5).
+STALL_MIN_BYTES = 1024
 USER_AGENT = "edgewatch-agent"
 
 Progress = Callable[[float, str], None]
@@ -126,14 +130,18 @@ def _reason(e: BaseException, timeout_s: float) -> str:
 
 
 class _Stream:
-    """An open remote or local file: ``read(n)`` and ``close()``, and its length when known."""
+    """An open remote or local file: ``read(n)`` and ``close()``, and its length when known.
+
+    ``read`` returns what has arrived (``read1``) rather than waiting for ``n`` bytes, so that
+    the caller sees a trickle as the trickle it is and can call it stalled."""
 
     def __init__(self, raw: Any, length: Optional[int]) -> None:
         self.raw = raw
         self.length = length
+        self._read = getattr(raw, "read1", None) or raw.read
 
     def read(self, n: int) -> bytes:
-        return bytes(self.raw.read(n))
+        return bytes(self._read(n))
 
     def close(self) -> None:
         # Closing a broken connection must not hide the error that broke it.
@@ -336,7 +344,11 @@ class _S3Source(_Source):
         except BotoCoreError as e:
             raise FetchError(f"{uri}: {e}") from None
         length = response.get("ContentLength")
-        return _Stream(response["Body"], int(length) if length is not None else None)
+        body = response["Body"]
+        # botocore's StreamingBody reads until it has ``n`` bytes; the urllib3 response inside
+        # it (urllib3 2) can hand over what has arrived. Sizes and hashes are checked here anyway.
+        raw = getattr(body, "_raw_stream", None)
+        return _Stream(raw if hasattr(raw, "read1") else body, int(length) if length is not None else None)
 
     def _endpoint_of(self, e: Exception) -> str:
         url = str(getattr(e, "kwargs", {}).get("endpoint_url", "") or self.endpoint or "")
@@ -379,16 +391,50 @@ def _cancel_check(cancelled: Optional[threading.Event], what: str) -> None:
         raise FetchCancelled(f"{what}: cancelled")
 
 
-def _read(stream: _Stream, what: str, timeout_s: float) -> bytes:
+class FetchStalled(FetchError):
+    """Less than ``STALL_MIN_BYTES`` arrived within a whole stall window."""
+
+
+class _StallGuard:
+    """Fails a download that moves less than ``STALL_MIN_BYTES`` in any ``window_s`` (SPEC §6.5):
+    a socket timeout alone never fires for a server that sends a byte every few seconds. Windows
+    follow one another; a silent server is caught by the socket timeout, which is the same window."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.start = clock()
+        self.received = 0
+
+    def advance(self, nbytes: int, what: str) -> None:
+        self.received += nbytes
+        now = self.clock()
+        if now - self.start < self.window_s:
+            return
+        if self.received < STALL_MIN_BYTES:
+            raise FetchStalled(
+                f"{what}: stalled: {self.received} bytes in the last {now - self.start:.0f} s "
+                f"(less than {STALL_MIN_BYTES} within store.timeouts.download_stall_s = {self.window_s:g} s)"
+            )
+        self.start, self.received = now, 0
+
+
+def _read(stream: _Stream, what: str, timeout_s: float, guard: _StallGuard) -> bytes:
     try:
-        return stream.read(CHUNK_BYTES)
+        block = stream.read(CHUNK_BYTES)
     except FetchError:
         raise
     except Exception as e:  # socket, TLS, urllib3 and botocore streaming errors alike
-        raise FetchError(f"{what}: {_reason(e, timeout_s)}") from None
+        if isinstance(e, (socket.timeout, TimeoutError)) or "timed out" in str(e):
+            raise FetchStalled(f"{what}: stalled: nothing arrived for {timeout_s:g} s") from e
+        raise FetchError(f"{what}: {_reason(e, timeout_s)}") from e
+    guard.advance(len(block), what)
+    return block
 
 
-def _read_small(source: _Source, name: str, limit: int, cancelled: Optional[threading.Event]) -> bytes:
+def _read_small(
+    source: _Source, name: str, limit: int, cancelled: Optional[threading.Event], guard: _StallGuard
+) -> bytes:
     what = source.describe(name)
     stream = source.open(name)
     try:
@@ -397,7 +443,7 @@ def _read_small(source: _Source, name: str, limit: int, cancelled: Optional[thre
         data = bytearray()
         while True:
             _cancel_check(cancelled, what)
-            block = _read(stream, what, source.timeout_s)
+            block = _read(stream, what, source.timeout_s, guard)
             if not block:
                 return bytes(data)
             data += block
@@ -407,8 +453,21 @@ def _read_small(source: _Source, name: str, limit: int, cancelled: Optional[thre
         stream.close()
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write into staging (a full disk, a read-only file system) as a FetchError that
+    names the file and says what the device's owner can do about it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        hint = " (the store's file system is full)" if e.errno == errno.ENOSPC else ""
+        raise FetchError(f"{path}: cannot write: {(e.strerror or str(e)).lower()}{hint}") from e
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("xb") as f:
+    with _writing(path), path.open("xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -442,6 +501,7 @@ def _stream_file(
     path: Path,
     meter: _ProgressMeter,
     cancelled: Optional[threading.Event],
+    guard: _StallGuard,
 ) -> None:
     what = source.describe(name)
     _cancel_check(cancelled, what)
@@ -452,10 +512,10 @@ def _stream_file(
         digest = hashlib.sha256()
         received = 0
         meter.advance(0, name)
-        with path.open("xb") as out:
+        with _writing(path), path.open("xb") as out:
             while True:
                 _cancel_check(cancelled, what)
-                block = _read(stream, what, source.timeout_s)
+                block = _read(stream, what, source.timeout_s, guard)
                 if not block:
                     break
                 received += len(block)
@@ -484,22 +544,25 @@ def fetch_bundle(
     files: Optional[Mapping[str, str]] = None,
     progress: Optional[Progress] = None,
     cancelled: Optional[threading.Event] = None,
-    timeout_s: float = 30.0,
+    stall_s: float = 30.0,
     cafile: Optional[Path] = None,
 ) -> None:
     """Fetch the bundle whose manifest is at ``uri`` into the directory ``dest`` (created when
     missing; it should be empty). ``files`` maps file names to their own https URLs;
-    ``timeout_s`` bounds each connection and read, not the whole download (cancel for that);
+    ``stall_s`` bounds each connection and read, and fails the download as stalled when less
+    than ``STALL_MIN_BYTES`` arrive within any such window; it does not bound the whole
+    download (cancel for that);
     ``cafile`` replaces the system's CA certificates for https. On failure ``dest`` may hold
     partial files: the caller discards it."""
     out = Path(dest)
-    source = _source_for(uri, s3, files or {}, timeout_s, cafile)
+    source = _source_for(uri, s3, files or {}, stall_s, cafile)
+    guard = _StallGuard(stall_s)
     out.mkdir(parents=True, exist_ok=True)
     _cancel_check(cancelled, source.describe(MANIFEST))
-    manifest_bytes = _read_small(source, MANIFEST, MAX_MANIFEST_BYTES, cancelled)
+    manifest_bytes = _read_small(source, MANIFEST, MAX_MANIFEST_BYTES, cancelled, guard)
     signature: Optional[bytes] = None
     try:
-        signature = _read_small(source, SIGNATURE, MAX_SIGNATURE_BYTES, cancelled)
+        signature = _read_small(source, SIGNATURE, MAX_SIGNATURE_BYTES, cancelled, guard)
     except _StatusError as e:
         if e.status not in (403, 404):
             raise
@@ -530,6 +593,6 @@ def fetch_bundle(
         _write_synced(out / SIGNATURE, signature)
     meter = _ProgressMeter(total, progress)
     for name, sha256, size in listed:
-        _stream_file(source, name, sha256, size, out / name, meter, cancelled)
+        _stream_file(source, name, sha256, size, out / name, meter, cancelled, guard)
     if progress is not None and meter.last[0] != 100:
         progress(1.0, listed[-1][0])

@@ -324,6 +324,12 @@ class ModelStore:
                             f"(sha256 {current.manifest_sha256}); versions are immutable: publish a new one"
                         )
                 self._retire(target)
+            else:
+                # The store never holds more than keep_versions (SPEC §6.5), not even while a
+                # deploy that a crash may cut short has installed its version and not yet
+                # activated it. (keep_versions 1: the current one and the new one, until then.)
+                for removed in self._retain(self.keep_versions - 1):
+                    log.info("store: removed %s to make room for %s@%s", removed.ident, name, version)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)
             _fsync_dir(target.parent)
@@ -403,12 +409,17 @@ class ModelStore:
     def prune(self) -> List[StoredVersion]:
         """Keep the ``keep_versions`` most recently activated versions (the current one always);
         delete the others and drop them from the history. Returns what was removed."""
+        return self._retain(self.keep_versions)
+
+    def _retain(self, count: int) -> List[StoredVersion]:
+        """Keep the current version and the most recently activated others, ``count`` in all
+        (never fewer than the current one); versions never activated go first."""
         with self._lock:
-            ordered = self.versions()
+            ordered = self.versions()  # most recently activated first, never-activated last
             current = self.current()
             keep: List[StoredVersion] = [current] if current is not None else []
             for sv in ordered:
-                if len(keep) >= self.keep_versions:
+                if len(keep) >= count:
                     break
                 if current is None or (sv.name, sv.version) != (current.name, current.version):
                     keep.append(sv)
@@ -520,6 +531,7 @@ class ModelStore:
                 actions.append(f"removed the leftover {STAGING}/{leftover.name}")
 
             if pointer is not None and chosen is not None and not broken:
+                actions += self._drop_unactivated(pointer)
                 return actions  # the current version is intact: nothing to rewrite
             if chosen is None:
                 if pointer is not None or lost_pointer:
@@ -532,6 +544,22 @@ class ModelStore:
                 for h in (pointer.history if pointer is not None else [])
                 if (h.name, h.version) not in gone and (h.name, h.version) != (chosen.name, chosen.version)
             ]
-            self._write_pointer(Pointer.at(history))
+            new_pointer = Pointer.at(history)
+            self._write_pointer(new_pointer)
             actions.append(f"current is now {chosen.ident}")
+            if not lost_pointer:
+                actions += self._drop_unactivated(new_pointer)
             return actions
+
+    def _drop_unactivated(self, pointer: Pointer) -> List[str]:
+        """At start: remove what an interrupted deploy installed and never activated (no command
+        will ever activate it; its deploy ended as interrupted), then anything over
+        ``keep_versions``. Without a readable pointer nothing counts as activated: then no-op."""
+        activated = {(h.name, h.version) for h in pointer.history}
+        actions = []
+        for sv in self._all_installed():
+            if (sv.name, sv.version) not in activated:
+                self._retire(sv.dir)
+                actions.append(f"removed {sv.ident}, installed by a deploy that never activated it")
+        actions += [f"removed {sv.ident}: over keep_versions" for sv in self._retain(self.keep_versions)]
+        return actions

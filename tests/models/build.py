@@ -1,14 +1,26 @@
-"""Builds the real model files the runtime tests use (TensorFlow, dev environment only).
+"""Builds the small model files the runtime tests use; they are shipped, already built, in
+``tests/fixtures/models/`` (see its README.md), so tests never train. TensorFlow, dev environment
+only; rerun it only when the trainer's export or the bundle format changes, then commit the result.
 
 * ``shapes/``: made by cloud_trainer (synth, train, export): the trainer's detector (yolov8
-  decoder, normalised boxes) as int8 TFLite, ONNX (NCHW input) and OpenVINO IR FP16.
+  decoder, normalised boxes) as int8 TFLite, ONNX (NCHW input) and OpenVINO IR FP16, plus
+  ``reference.npz`` (ONNX and current OpenVINO outputs on fixed frames) for the OpenVINO 2022.3
+  check (``scripts/check_ov2022.py``).
+* ``shapes-fp32/``: the same trained network with a float TFLite artifact (and the same ONNX and
+  IR files), on which every CPU runtime must give the same detections.
 * ``ssd/``: a TFLite model ending in the real TFLite_Detection_PostProcess custom op. Its box
   encodings are zero (so each box is its anchor) and its class scores are the mean colour of
   each anchor's cell: a red patch in a cell is a known detection of class 0 at a known box.
 * ``ovssd/``: the same idea as OpenVINO IR with a DetectionOutput op.
 
-Run: ``python -m tests.models.build OUT_DIR``. Everything is seeded; the output directory also
-gets ``reference.npz`` (ONNX and OpenVINO outputs on fixed frames) for the OpenVINO 2022.3 check.
+The shipped set was made, from the repository root after ``make venv``, by::
+
+    .venv/bin/python -m tests.models.build tests/fixtures/models
+
+It replaces those four directories and nothing else (the training works in a temporary
+directory). The dataset and the seeds are fixed, but training is not bit-exact across machines
+(TensorFlow's kernels differ between CPUs), which is why the result is shipped rather than
+rebuilt: the tests compare runtimes on these exact files.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -32,17 +45,15 @@ SHAPES_EPOCHS = 40
 SHAPES_IMG = 160
 
 
-def build_shapes(out: Path) -> None:
+def build_shapes(out: Path, fp32_out: Path, work: Path) -> None:
     """The runtime tests' main bundle, made by cloud_trainer itself: a synthetic dataset, a
     short training at a small input size, and the trainer's export of int8 TFLite, OpenVINO
-    IR FP16 and ONNX, each checked by its device runtime."""
+    IR FP16 and ONNX, each checked by its device runtime; then its float-TFLite twin in
+    ``fp32_out``. ``work`` (dataset, checkpoints) is scratch space the caller removes."""
     from cloud_trainer.data import synthesize
     from cloud_trainer.pipeline import export_run
     from cloud_trainer.train import TrainConfig, train
 
-    work = out.parent / "shapes-work"
-    if work.exists():
-        shutil.rmtree(work)
     dataset = synthesize(work / "data", images=SHAPES_IMAGES, seed=11, fmt="yolo")
     cfg = TrainConfig(
         epochs=SHAPES_EPOCHS,
@@ -75,9 +86,10 @@ def build_shapes(out: Path) -> None:
         str(out / "model_fp16.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
     )
     ov_refs = [compiled(frames[i : i + 1])[0] for i in range(4)]
-    np.savez(out / "reference.npz", inputs=frames, outputs=np.stack(refs), openvino=np.stack(ov_refs))
-    _float_tflite_variant(work / "run", out, out.parent / "shapes-fp32")
-    shutil.rmtree(work)
+    np.savez_compressed(
+        out / "reference.npz", inputs=frames, outputs=np.stack(refs), openvino=np.stack(ov_refs)
+    )
+    _float_tflite_variant(work / "run", out, fp32_out)
 
 
 def _float_tflite_variant(run: Path, bundle: Path, out: Path) -> None:
@@ -240,13 +252,29 @@ def build_openvino_ssd(out: Path) -> None:
     )
 
 
+BUNDLES = ("shapes", "shapes-fp32", "ssd", "ovssd")
+
+
 def build_all(out: Path) -> List[str]:
-    build_ssd(out / "ssd")
-    build_openvino_ssd(out / "ovssd")
-    build_shapes(out / "shapes")
-    return ["shapes", "ssd", "ovssd"]
+    """Build every test bundle into ``out/<name>``, replacing those directories only. Everything
+    is made in a temporary directory first and moved into place at the end, so an interrupted
+    build leaves the previous set whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgewatch-test-models-") as tmp:
+        staged = Path(tmp) / "out"
+        build_ssd(staged / "ssd")
+        build_openvino_ssd(staged / "ovssd")
+        (staged / "shapes").mkdir()
+        build_shapes(staged / "shapes", staged / "shapes-fp32", Path(tmp) / "work")
+        for name in BUNDLES:
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+            shutil.copytree(staged / name, out / name)
+    return list(BUNDLES)
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/test-models")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tests.models.build OUT_DIR   (the shipped set: tests/fixtures/models)")
+    target = Path(sys.argv[1])
     print("built", build_all(target), "in", target)
