@@ -39,6 +39,30 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
         time.sleep(0.05)
 
 
+def publish_bundle(bundle: Path, bucket_uri: str, endpoint_url: str) -> Dict[str, str]:
+    """``cloud-trainer publish`` as a release does: its JSON line (manifest URI, sha256, version)."""
+    from tests.s3server import FAKE_ENV
+
+    out = subprocess.run(
+        [
+            str(BIN / "cloud-trainer"),
+            "publish",
+            str(bundle),
+            bucket_uri,
+            "--endpoint-url",
+            endpoint_url,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **FAKE_ENV},
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"cloud-trainer publish failed: {out.stderr}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 class Dashboard:
     """A subscriber to everything the device publishes, like Home Assistant or Node-RED."""
 

@@ -575,3 +575,24 @@ def test_topics() -> None:
     ]:
         with pytest.raises(ConfigError, match=key):
             Topics(*bad)
+
+
+def test_pahos_not_connected_error_after_a_clean_disconnect_is_debug_noise() -> None:
+    """paho logs "Client is not connected" at ERROR after every disconnect: demoted to DEBUG,
+    and so not written at all where DEBUG is off (the journal would fill with it)."""
+    from edge_agent.mqtt.link import _DemoteShutdownNoise
+
+    logger = logging.getLogger("edge_agent.mqtt.link.paho.test")
+    noise = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Client is not connected", (), None)
+    real = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "failed to receive on socket", (), None)
+    demote = _DemoteShutdownNoise()
+    logger.setLevel(logging.INFO)
+    try:
+        assert demote.filter(noise) is False and noise.levelno == logging.DEBUG
+        assert demote.filter(real) is True and real.levelno == logging.ERROR
+        logger.setLevel(logging.DEBUG)
+        assert demote.filter(
+            logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Client is not connected", (), None)
+        )
+    finally:
+        logger.setLevel(logging.NOTSET)

@@ -203,6 +203,46 @@ def test_heartbeat_runs_without_a_model_and_a_first_model_can_be_swapped_in(dete
     pipe.stop()
 
 
+class WedgedAfter(SyntheticSource):
+    """A camera whose driver hangs after ``n`` frames: read() neither returns nor raises until
+    ``release`` is set (a wedged V4L2 or libcamera call)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__("synthetic:9", 160, 120, fps=200)
+        self.n = n
+        self.release = threading.Event()
+
+    def read(self) -> Optional[Frame]:
+        if self.n <= 0:
+            self.release.wait(30)
+        self.n -= 1
+        return super().read()
+
+
+@pytest.mark.parametrize("mode", ["live", "every"])
+def test_a_wedged_camera_read_stops_the_watchdog_pings_until_it_returns(detectors, mode):
+    """systemd restarts a service that stops its WATCHDOG=1 pings: a camera call that hangs (no
+    frame, no error) must stop them, as a hung accelerator call does; a camera that merely
+    fails is re-opened in-process with the pings going on (test_camera_loss_…)."""
+    a, _ = detectors
+    out = Collector()
+    beats: List[float] = []
+    source = WedgedAfter(5)
+    pipe = Pipeline(
+        source, mode, out.result, heartbeat=lambda: beats.append(time.monotonic()), wedged_source_s=0.5
+    )
+    pipe.start(a)
+    wait_for(lambda: len(out.items) >= 5)
+    hung_at = time.monotonic()
+    time.sleep(1.5)  # the watch window itself: pings must stop 0.5 s into it
+    late = [t for t in beats if t > hung_at + 0.8]
+    assert late == [], f"{len(late)} pings while the camera read hung"
+    source.release.set()
+    wait_for(lambda: len(out.items) >= 8)
+    wait_for(lambda: beats[-1] > hung_at + 1.5)  # pinging again once frames flow
+    pipe.stop()
+
+
 def test_frame_buffer_every_mode_blocks_instead_of_dropping():
     buf = FrameBuffer("every", capacity=2)
     img = np.zeros((2, 2, 3), np.uint8)

@@ -19,7 +19,7 @@ import yaml
 
 from edge_agent.bundle import MANIFEST
 from edge_agent.bundle.signing import generate_keypair
-from tests.agent_world import BIN, DEVICE, PREFIX, V1, V2, World, make_world, wait_for
+from tests.agent_world import BIN, DEVICE, PREFIX, V1, V2, World, make_world, publish_bundle, wait_for
 from tests.bundle_http import BundleServer
 from tests.bundle_variants import variant
 
@@ -45,22 +45,7 @@ def assert_every_frame_once(detections: List[Dict[str, Any]]) -> None:
 def test_deploy_from_s3_swaps_at_one_frame_boundary(world: World, s3):
     pytest.importorskip("boto3")
     pytest.importorskip("tqdm")
-    out = subprocess.run(
-        [
-            str(BIN / "cloud-trainer"),
-            "publish",
-            str(world.bundles[V2]),
-            s3.uri("models"),
-            "--endpoint-url",
-            s3.endpoint_url,
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    published = json.loads(out.stdout.strip().splitlines()[-1])
+    published = publish_bundle(world.bundles[V2], s3.uri("models"), s3.endpoint_url)
     assert published["version"] == V2 and published["manifest"].startswith("s3://")
     # the agent reaches S3 through the endpoint in its config (MinIO-style)
     cfg = yaml.safe_load(world.agent.config.read_text())

@@ -87,6 +87,8 @@ class _DemoteShutdownNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # The level check happened before this filter: apply it again for the new level.
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 

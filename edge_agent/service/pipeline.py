@@ -17,13 +17,14 @@ detector, then switches, so each frame is processed by exactly one model and non
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Literal, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Literal, Optional
 
 from ..backends.base import Pending
 from ..detector import Detector
@@ -35,6 +36,9 @@ from ..sources.base import Frame, FrameSource
 log = logging.getLogger(__name__)
 
 Mode = Literal["live", "every"]
+# A camera call (open or read) that has not returned for this long is wedged: above OpenCV's own
+# 10 s stream timeout, below the unit's WatchdogSec=30, so systemd restarts the service.
+WEDGED_SOURCE_S = 20.0
 EVERY_QUEUE = 4  # frames captured ahead in `every` mode: enough to overlap, small enough for memory
 
 
@@ -160,6 +164,7 @@ class Pipeline:
         reopen_delays: tuple = (0.5, 30.0),
         on_failing: Callable[[Detector, str], None] = lambda detector, reason: None,
         failure_limit: int = 10,
+        wedged_source_s: float = WEDGED_SOURCE_S,
     ):
         self.source = source
         self.mode: Mode = mode
@@ -169,6 +174,10 @@ class Pipeline:
         self.reopen_delays = reopen_delays
         self.on_failing = on_failing
         self.failure_limit = failure_limit
+        self.wedged_source_s = wedged_source_s
+        # When the capture thread entered source.open()/read(), while it is inside one.
+        self._source_call_since: Optional[float] = None
+        self._wedged_said = False
         self._failures = 0  # frames failed in a row
         self.stats = Stats()
         self.detector: Optional[Detector] = None
@@ -241,7 +250,8 @@ class Pipeline:
         while not self._stop.is_set():
             if not opened:
                 try:
-                    self.source.open()
+                    with self._source_call():
+                        self.source.open()
                     opened = True
                 except SourceError as e:
                     lost = self._camera_lost(lost, str(e))
@@ -249,7 +259,8 @@ class Pipeline:
                     delay = min(delay * 2, self.reopen_delays[1])
                     continue
             try:
-                frame = self.source.read()
+                with self._source_call():
+                    frame = self.source.read()
             except SourceError as e:
                 lost = self._camera_lost(lost, str(e))
                 opened = False
@@ -278,6 +289,33 @@ class Pipeline:
                 return
             self.stats.dropped = self.buffer.dropped
 
+    @contextlib.contextmanager
+    def _source_call(self) -> Iterator[None]:
+        self._source_call_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._source_call_since = None
+
+    def _beat(self) -> None:
+        """``heartbeat`` (systemd's WATCHDOG=1) from the inference loop, so a hung accelerator call
+        stops it; and not while a camera call has hung for ``wedged_source_s`` (a wedged driver
+        gives neither a frame nor an error, and only a restart mends it). A camera that fails is
+        re-opened here, with the pings going on."""
+        since = self._source_call_since
+        if since is not None and time.monotonic() - since > self.wedged_source_s:
+            if not self._wedged_said:
+                self._wedged_said = True
+                log.error(
+                    "%s: a camera call has not returned for %.0f s; stopping the watchdog pings "
+                    "so that systemd restarts the service",
+                    self.source.spec,
+                    time.monotonic() - since,
+                )
+            return
+        self._wedged_said = False
+        self.heartbeat()
+
     def _camera_lost(self, already: bool, reason: str) -> bool:
         if not already:
             self.stats.camera = "lost"
@@ -290,7 +328,7 @@ class Pipeline:
         inflight: Deque[_InFlight] = collections.deque()
         try:
             while True:
-                self.heartbeat()
+                self._beat()
                 if self._swap is not None:
                     self._drain(inflight)
                     self._do_swap()

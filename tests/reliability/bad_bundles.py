@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from edge_agent.bundle.signing import generate_keypair
-from tests.agent_world import V1, V2, World, make_world
+from tests.agent_world import V1, V2, World, make_world, publish_bundle
 from tests.bundle_http import BundleServer
 from tests.bundle_variants import variant
 from tests.s3server import FAKE_ENV, S3, moto_endpoint, new_bucket
@@ -178,25 +178,7 @@ def _server(root: Path, bundle: Path, how: str) -> str:
 
 
 def _publish(s3: S3, bundle: Path) -> str:
-    """Upload with cloud-trainer publish, as a release does; the manifest's s3:// URI."""
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "cloud-trainer"),
-            "publish",
-            str(bundle),
-            s3.uri("models"),
-            "--endpoint-url",
-            s3.endpoint_url,
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **FAKE_ENV},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return str(json.loads(out.stdout.strip().splitlines()[-1])["manifest"])
+    return publish_bundle(bundle, s3.uri("models"), s3.endpoint_url)["manifest"]
 
 
 def _store_snapshot(world: World) -> Tuple[List[str], Optional[str], List[str]]:
