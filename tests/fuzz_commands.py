@@ -259,9 +259,7 @@ def envelopes(draw: st.DrawFn, keys: List[Any], targets: Tuple[str, ...] = (DEVI
         "ts": utc_now_iso()
         if hostile < 3
         else draw(st.one_of(st.just(utc_now_iso(time.time() - 3600)), texts)),
-        "target": draw(
-            st.sampled_from(targets) if hostile < 3 else st.sampled_from(["pi-other"]) | texts
-        ),
+        "target": draw(st.sampled_from(targets) if hostile < 3 else st.sampled_from(["pi-other"]) | texts),
         "args": draw(ARGS.get(kind, st.dictionaries(texts, json_values, max_size=3))),
     }
     if draw(st.booleans()):
