@@ -28,16 +28,18 @@ def open_detector(
     threads: Optional[int] = None,
     thresholds: Optional[Thresholds] = None,
     verify: bool = True,
+    strict: bool = False,
 ) -> Tuple[Detector, List[str]]:
     """Load a bundle on a backend; returns the detector and auto's fallback reasons.
-    ``verify=False`` skips hashing the files, for a caller that has just verified them."""
+    ``verify=False`` skips hashing the files, for a caller that has just verified them;
+    ``strict``: auto falls back only past a missing runtime or device (see ``choose``)."""
     bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend), verify=verify)
     reasons: List[str] = []
     be: Backend
     if backend == "auto":
         if device is not None:
             raise EdgewatchError("--device needs an explicit --backend (auto picks devices itself)")
-        choice = choose(bundle, threads=threads)
+        choice = choose(bundle, threads=threads, strict=strict)
         be, reasons = choice.backend, choice.reasons
     else:
         be = registry.create(backend, device=device, threads=threads)

@@ -15,14 +15,16 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
-from edge_agent.bundle import MANIFEST, SIGNATURE
+from edge_agent.bundle import MANIFEST, SIGNATURE, load_bundle
 from edge_agent.bundle.signing import generate_keypair, load_private_key, sign
 from edge_agent.demo import BUNDLES_DIR
+from edge_agent.errors import BundleError
 from tests.mosquitto import Mosquitto
 
 BIN = Path(sys.executable).parent
@@ -128,6 +130,14 @@ class AgentProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+@dataclass(frozen=True)
+class StoreState:
+    installed: List[str]  # versions in models/
+    current: Optional[str]  # what current.json names
+    verified: bool  # the current version's files match its manifest
+    staging: List[str]  # what is left in staging/
+
+
 class World:
     def __init__(
         self, root: Path, broker: Any, dash: Dashboard, agent: AgentProcess, bundles: Dict[str, Path]
@@ -186,6 +196,35 @@ class World:
         seen = len(self.dash.get("detections"))
         wait_for(lambda: len(self.dash.get("detections")) >= seen + count, timeout, f"{count} new frames")
         return self.dash.get("detections")[seen : seen + count]
+
+    def settle(self) -> None:
+        """Wait until every answer to what was sent so far has arrived: the agent handles
+        commands in order and sends results oldest first, so once the answer to a fresh status
+        command is here, so is any (second) answer to an earlier one."""
+        self.final(self.command("status"))
+
+    def serving_version(self) -> str:
+        """The version the agent serves, as it answers a status command (detections queued
+        before a restart still arrive after it, so the next frames would not tell)."""
+        return str(self.final(self.command("status"))["data"]["model"]["version"])
+
+    def store_state(self) -> StoreState:
+        """What the store holds on disk now."""
+        store = self.root / "store"
+        models = store / "models" / "shapes"
+        installed = sorted(p.name for p in models.iterdir()) if models.exists() else []
+        pointer = store / "current.json"
+        current = json.loads(pointer.read_text())["version"] if pointer.exists() else None
+        staging = store / "staging"
+        leftovers = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+        verified = False
+        if current is not None:
+            try:
+                load_bundle(models / current, verify=True)
+                verified = True
+            except BundleError:
+                pass
+        return StoreState(installed, current, verified, leftovers)
 
     def serving(self, version: str, frames: int = 5) -> None:
         """Wait until the last `frames` detection messages were all made by `version`."""

@@ -1,20 +1,24 @@
 """A loopback HTTP server for one bundle directory that can misbehave the way real servers do:
 hold the model files back until released (a deploy that stays in ``downloading``), or trickle
-them a few bytes at a time (a server that is alive but useless)."""
+them a few bytes at a time (a server that is alive but useless). With the bundle laid out as
+``directory/BUCKET/KEY…`` it also answers S3 GetObject (path-style, credentials unchecked)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import posixpath
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
 
 class BundleServer:
-    """Serves ``directory`` at ``url``; ``manifest.json`` and ``manifest.sig`` always at once.
+    """Serves ``directory`` at ``url``; files named ``manifest.json`` and ``manifest.sig`` (at
+    any path) always at once.
 
     ``gated``: the other files wait for ``release()``. ``trickle``: the other files are sent
     ``trickle[0]`` bytes every ``trickle[1]`` seconds, with their full Content-Length."""
@@ -33,7 +37,8 @@ class BundleServer:
                     super().handle()
 
             def do_GET(self) -> None:
-                if self.path.startswith("/manifest"):
+                name = posixpath.basename(urllib.parse.urlsplit(self.path).path)
+                if name in ("manifest.json", "manifest.sig"):
                     super().do_GET()
                     return
                 gate.wait(60)

@@ -6,15 +6,15 @@ motion is faked (the deployer is always busy, the pipeline and the hooks do noth
 broker the link never connects: what it would send stays in its outbox, as the exact bytes that
 would go on the wire (:meth:`CommandRig.take_sent`). With one, it is a device on that broker.
 
-:func:`expected_id` is SPEC §5's readable id, written from the SPEC apart from the checker: the
-oracle of tests/fuzz_commands.py and tests/test_hostile_commands.py.
+:func:`expected_id` is SPEC §5's readable id, written from the SPEC apart from the checker (it
+imports nothing of it): the oracle of tests/fuzz_commands.py and tests/test_hostile_commands.py.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -25,8 +25,6 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.bundle.signing import generate_keypair, load_private_key, load_public_key
 from edge_agent.commands import CommandChecker, SeenIds, sign_envelope, verify_envelope
-from edge_agent.commands.checker import MAX_NESTING, MAX_NUMBER_CHARS, MAX_PAYLOAD_BYTES
-from edge_agent.commands.envelope import MAX_ID_LENGTH
 from edge_agent.config import AgentConfig, CommandsConfig, DeviceConfig, MQTTConfig
 from edge_agent.messages import utc_now_iso
 from edge_agent.mqtt import MqttLink, Outbox, Topics
@@ -223,69 +221,151 @@ def signed_doc(doc: Dict[str, Any], key: Any) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- the oracle
+#
+# SPEC §5, read apart from the checker (nothing below comes from edge_agent.commands.checker): a
+# payload carries a readable id when it is UTF-8, is a JSON object as Python's json reads JSON
+# (NaN, Infinity, numbers of any length, duplicate keys and any depth are still JSON: what a
+# command may not hold is a reason to reject it, not a reason to lose its id), and has exactly one
+# top-level "id" (twice is ambiguous: no id), a string of 1 to ID_MAX_CHARS characters that UTF-8
+# can encode (a lone surrogate cannot be written back in a result).
+
+ID_MAX_CHARS = 128  # the envelope's id length (edge_agent.commands.envelope.MAX_ID_LENGTH)
+PAYLOAD_MAX_BYTES = 256 * 1024  # the agent reads no bigger payload: none carries a readable id
+
+# A string token, found the way JSON pairs escapes (json.loads then says whether it is valid),
+# and a number or literal token: JSON has no valid token that runs into one of these characters.
+_STRING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BARE_TOKEN = re.compile(r"[-+.0-9A-Za-z]+")
+_SPACE = " \t\n\r"
 
 
-def _pairs(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    if len({k for k, _ in pairs}) != len(pairs):
-        raise ValueError("duplicate key")
-    return dict(pairs)
+class _Container:
+    """The value of a top-level member that is an object or an array (its content is not kept)."""
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
+@dataclass(frozen=True)
+class _Number:
+    """A JSON number, as written: only whether it is JSON matters here, not its value."""
+
+    text: str
 
 
-def _int(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise ValueError(text)
-    return int(text)
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if len(text) > MAX_NUMBER_CHARS or not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-def _depth(doc: Any) -> int:
-    """Nesting depth without recursion: 1 for {} or []."""
-    deepest, stack = 0, [(doc, 1)]
-    while stack:
-        value, level = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
-        if children is not None:
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def strict_document(payload: bytes) -> Optional[Dict[str, Any]]:
-    """The payload as SPEC §5 JSON: UTF-8, an object without duplicate keys, finite numbers of a
-    sane length, nested at most MAX_NESTING deep; None otherwise."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
+def _token(text: str, i: int) -> Optional[Tuple[Any, int]]:
+    """The string, number or literal at ``text[i]`` and where it ends; None when it is not JSON.
+    A number is a :class:`_Number`."""
+    match = (_STRING_TOKEN if text[i] == '"' else _BARE_TOKEN).match(text, i)
+    if match is None:
         return None
     try:
-        doc = json.loads(
-            payload.decode("utf-8"),
-            object_pairs_hook=_pairs,
-            parse_constant=_no_constant,
-            parse_int=_int,
-            parse_float=_float,
-        )
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return json.loads(match.group(), parse_int=_Number, parse_float=_Number), match.end()
+    except ValueError:
         return None
-    if not isinstance(doc, dict) or _depth(doc) > MAX_NESTING:
+
+
+def object_members(text: str) -> Optional[List[Tuple[str, Any]]]:
+    """The top-level (key, value) pairs of the JSON object ``text``, in order and duplicates
+    included, a nested object or array standing as a :class:`_Container`; None when ``text`` is
+    not a JSON object. One pass over the characters with a stack of the open brackets, so that
+    no depth is too deep."""
+    n = len(text)
+    members: List[Tuple[str, Any]] = []
+    stack: List[str] = []  # "{" or "[" for each open container
+    key = ""  # the top-level key whose value comes next
+    expect = "value"  # "value", "key", "colon" or "next" (a comma, a closing bracket or the end)
+    i = 0
+    while True:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if expect == "next" and not stack:
+            return members if i == n else None
+        if i == n:
+            return None
+        c = text[i]
+        if expect == "value":
+            if not stack and c != "{":
+                return None
+            if c in "{[":
+                if len(stack) == 1:
+                    members.append((key, _Container()))
+                stack.append(c)
+                i += 1
+                while i < n and text[i] in _SPACE:
+                    i += 1
+                if i < n and text[i] == ("}" if c == "{" else "]"):  # empty
+                    stack.pop()
+                    i += 1
+                    expect = "next"
+                else:
+                    expect = "key" if c == "{" else "value"
+                continue
+            token = _token(text, i)
+            if token is None:
+                return None
+            if len(stack) == 1:
+                members.append((key, token[0]))
+            i = token[1]
+            expect = "next"
+        elif expect == "key":
+            token = _token(text, i) if c == '"' else None
+            if token is None:
+                return None
+            key, i = token
+            expect = "colon"
+        elif expect == "colon":
+            if c != ":":
+                return None
+            i += 1
+            expect = "value"
+        else:  # "next", inside a container
+            if c == ",":
+                expect = "key" if stack[-1] == "{" else "value"
+            elif c == ("}" if stack[-1] == "{" else "]"):
+                stack.pop()
+            else:
+                return None
+            i += 1
+
+
+def _permissive_members(text: str) -> Optional[List[Tuple[str, Any]]]:
+    """The same as :func:`object_members` by json.loads itself (keeping every pair); raises
+    RecursionError when ``text`` is too deep for it."""
+    top: List[List[Tuple[str, Any]]] = []
+
+    def keep(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        top.append(pairs)  # the top-level object is the last one to close
+        return dict(pairs)
+
+    try:
+        doc = json.loads(text, object_pairs_hook=keep, parse_int=_Number, parse_float=_Number)
+    except ValueError:
         return None
-    return doc
+    return top[-1] if isinstance(doc, dict) else None
 
 
 def expected_id(payload: bytes) -> Optional[str]:
     """The readable id a payload carries (SPEC §5: it gets exactly one ``rejected`` unless
-    accepted): a string of 1 to MAX_ID_LENGTH characters that UTF-8 can encode."""
-    doc = strict_document(payload)
-    value = None if doc is None else doc.get("id")
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+    accepted); None when it carries none."""
+    if len(payload) > PAYLOAD_MAX_BYTES:
+        return None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    members = object_members(text)
+    try:  # the scan above agrees with json.loads wherever json.loads can read the payload
+        permissive = _permissive_members(text)
+    except RecursionError:
+        pass
+    else:
+        assert (members is None) == (permissive is None), (payload[:300], members, permissive)
+        if members is not None and permissive is not None:
+            strings = [[(k, v) for k, v in found if isinstance(v, str)] for found in (members, permissive)]
+            assert strings[0] == strings[1], payload[:300]
+    ids = [value for key, value in members or () if key == "id"]
+    if len(ids) != 1:
+        return None
+    value = ids[0]
+    if not isinstance(value, str) or not 0 < len(value) <= ID_MAX_CHARS:
         return None
     try:
         value.encode("utf-8")
@@ -295,5 +375,16 @@ def expected_id(payload: bytes) -> Optional[str]:
 
 
 def signature_verifies(payload: bytes, rig: CommandRig) -> bool:
-    doc = strict_document(payload)
-    return doc is not None and verify_envelope(doc, [rig.trusted_public])
+    """Whether ``payload``'s signature verifies against the rig's trusted key: a JSON object
+    without a duplicate key (else what was signed is ambiguous) whose canonical JSON it signs."""
+
+    def unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    try:
+        doc = json.loads(payload.decode("utf-8"), object_pairs_hook=unique)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(doc, dict) and verify_envelope(doc, [rig.trusted_public])

@@ -3,9 +3,10 @@
 :func:`run_fuzz` feeds a :class:`~tests.command_rig.CommandRig` payloads that hypothesis generates
 (valid envelopes, signed or not, with random arguments, then mutated as JSON or as bytes; random
 JSON; random bytes; and the literals that broke it before: lone surrogates, deep nesting, huge
-numbers, NaN, duplicate keys), each with a random MQTT 5 Response Topic, through the link's own
-``on_message`` callback. It returns :class:`FuzzCounts` for a report, or (``strict``) fails at the
-first payload that breaks a rule, with hypothesis's smallest example. The rules:
+numbers, NaN, duplicate keys, at the top too), each with a random MQTT 5 Response Topic, through
+the link's own ``on_message`` callback. It returns :class:`FuzzCounts` for a report, or
+(``strict``) fails at the first payload that breaks a rule, with hypothesis's smallest example.
+The rules:
 
 - every payload with a readable id (:func:`~tests.command_rig.expected_id`, written from SPEC §5
   apart from the checker) is answered with results for that id only, ending in exactly one final status: one
@@ -190,6 +191,7 @@ raw_literals = st.one_of(
     st.integers(1, 6000).map(lambda n: "9" * n),
     st.integers(1, 80).map(lambda n: "0." + "1" * n),
     st.integers(1, 2000).map(lambda d: "[" * d + "]" * d),
+    st.sampled_from([20_000, 100_000]).map(lambda d: "[" * d + "]" * d),  # far past json.loads
     st.integers(1, 400).map(lambda d: '{"a":' * d + "1" + "}" * d),
     st.integers(1, 2000).map(lambda d: "[" * d),
     st.sampled_from(['{"k":1,"k":2}', '"\\ud83d\\ude00"', '"\\u0000"', '"\\ud800\\ud800"', '"\\udfff"']),
@@ -277,6 +279,9 @@ def envelopes(draw: st.DrawFn, keys: List[Any], targets: Tuple[str, ...] = (DEVI
     if signer is not None and not sign_first:
         doc = signed_doc(doc, keys[signer])
     payload = dumps_raw(doc)
+    if hostile == 2 and draw(st.integers(0, 3)) == 0:  # a key twice at the top: the id, now and then
+        key = draw(st.sampled_from(["id", "type", "ts", "args", "sig"]) | texts)
+        payload = b"{" + dumps_raw({key: draw(json_values)})[1:-1] + b", " + payload[1:]
     if hostile == 2 and draw(st.integers(0, 4)) == 0:  # now and then, damage the bytes themselves
         position = draw(st.integers(0, len(payload)))
         cut = draw(st.integers(0, 4))

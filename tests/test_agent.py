@@ -191,6 +191,11 @@ def test_a_deploy_whose_artifact_does_not_load_on_the_serving_backend_fails_at_l
         assert {json.loads(m.payload)["model"]["version"] for m in sub.received(detections)} == {"1.1.0"}
         assert {json.loads(m.payload)["backend"] for m in sub.received(detections)} == {"tflite"}
 
+        # Naming "auto" is no way around it either: auto moves on only past a missing runtime.
+        command(sub, "auto", "deploy", manifest=(broken / "manifest.json").as_uri(), backend="auto")
+        end = final(sub, "auto")
+        assert (end["status"], end["stage"]) == ("failed", "loading"), end
+
         command(sub, "named", "deploy", manifest=(broken / "manifest.json").as_uri(), backend="onnx")
         assert final(sub, "named")["status"] == "succeeded"
         sub.wait_for(
@@ -200,6 +205,45 @@ def test_a_deploy_whose_artifact_does_not_load_on_the_serving_backend_fails_at_l
             30,
             "detections from onnx",
         )
+    finally:
+        agent.stop()
+        assert agent.wait_stopped(30)
+
+    # A restart loads 1.2.0 where its deploy proved it loads (onnx), not on the configured
+    # tflite, where it would fail and an older version would quietly take over.
+    restarted = make_agent(mosquitto, tmp_path / "store")
+    threading.Thread(target=restarted.run, daemon=True).start()
+    try:
+        n = len(sub.received(detections))
+        sub.wait_count(detections, n + 5, timeout=30)
+        fresh = [json.loads(m.payload) for m in sub.received(detections)[n:]]
+        assert {(d["model"]["version"], d["backend"]) for d in fresh[-3:]} == {("1.2.0", "onnx")}
+    finally:
+        restarted.stop()
+        assert restarted.wait_stopped(30)
+
+
+def test_a_first_deploy_on_auto_fails_at_loading_when_an_available_backends_artifact_is_broken(
+    mosquitto: Mosquitto, mqtt_subscriber: Any, tmp_path: Path
+) -> None:
+    """Nothing serves yet and detector.backend is auto (the default): tflite is available and its
+    artifact is garbage, so the deploy fails; auto does not skip to the ONNX file."""
+    broken = variant(
+        BUNDLES_DIR / "shapes-1.1.0",
+        tmp_path / "broken",
+        version="1.2.0",
+        replace={"model_int8.tflite": b"junk"},
+    )
+    sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
+    agent = make_agent(mosquitto, tmp_path / "store", model={"bundle": None}, detector={"backend": "auto"})
+    threading.Thread(target=agent.run, daemon=True).start()
+    try:
+        sub.wait_for(lambda ms: any(m.topic.endswith("/status") for m in ms), 30, "a status")
+        command(sub, "first", "deploy", manifest=(broken / "manifest.json").as_uri())
+        end = final(sub, "first")
+        assert (end["status"], end["stage"]) == ("failed", "loading"), end
+        assert "model_int8.tflite" in end["detail"]
+        assert agent.store.current() is None and agent.store.versions() == []
     finally:
         agent.stop()
         assert agent.wait_stopped(30)
@@ -260,3 +304,17 @@ def test_bundles_are_verified_with_the_release_keys_and_commands_with_the_operat
     with caplog.at_level("WARNING"):
         assert release_keys(shared, [op]) == [op]
     assert sum("store.trusted_keys is empty" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_unusable_release_key_is_refused_at_start_naming_the_setting(tmp_path: Path) -> None:
+    import pytest
+
+    from edge_agent.config import AgentConfig, ConfigError
+    from edge_agent.service.agent import release_keys
+
+    (tmp_path / "release.pub").write_text("not a key")
+    config = AgentConfig.model_validate({"store": {"trusted_keys": [str(tmp_path / "release.pub")]}})
+    with pytest.raises(
+        ConfigError, match=r"^store\.trusted_keys\[0\]: .*release\.pub: not a readable PEM public key"
+    ):
+        release_keys(config, [])

@@ -178,7 +178,12 @@ def test_accepts_a_signed_command(device: Device, keys: Dict[str, Path]) -> None
         (b"\xff\xfe", "not UTF-8 JSON"),
         (b"{not json", "not UTF-8 JSON"),
         (b'{"id": "x", "id": "y"}', "duplicate key 'id'"),
-        (b'{"id": "x", "n": NaN}', "NaN is not JSON"),
+        (b'{"id": "x", "id": "x"}', "duplicate key 'id'"),
+        (b'{"n": ' + b"[" * 5000 + b"]" * 5000 + b', "id": "x", "id": "x"}', "duplicate key 'id'"),
+        (b'{"n": ' + b"[" * 5000 + b"]" * 5000 + b"}", "no usable id"),
+        (b'{"id": "x", "n": ' + b"[" * 5000 + b"]" * 4999 + b"}", "brackets do not balance"),
+        (b'{"id": "x", "n": ' + b"[" * 5000 + b"}" * 5000 + b"]}", "not UTF-8 JSON"),
+        (b"[" * 5000 + b"]" * 5000, "not a JSON object"),
         (b'["id"]', "not a JSON object"),
         (b'{"type": "status"}', "no usable id"),
         (b'{"id": 7}', "no usable id"),
@@ -191,6 +196,44 @@ def test_payloads_too_broken_to_answer(device: Device, payload: bytes, reason: s
     rejected = rejection(device, payload)
     assert rejected.command_id is None
     assert reason in rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"id": "x", "n": NaN}', "n: NaN is not JSON"),
+        (b'{"id": "x", "args": {"x": 1, "x": 2}}', "args: duplicate key 'x'"),
+        (b'{"id": "x", "type": "status", "type": "set"}', "envelope: duplicate key 'type'"),
+        (b'{"id": "x", "ts": 1e999}', "ts: 1e999 is not a finite number"),
+        (
+            b'{"id": "x", "args": {"n": [1, ' + b"9" * 65 + b"]}}",
+            "args.n[1]: a number of 65 characters (at most 64)",
+        ),
+        (b'{"id": "x", "args": ' + b"[" * 33 + b"]" * 33 + b"}", "nested deeper than 32 levels"),
+        (b'{"args": ' + b"[" * 5000 + b"]" * 5000 + b', "id": "x"}', "nested deeper than 32 levels"),
+    ],
+)
+def test_json_a_command_may_not_hold_is_rejected_with_its_id(
+    device: Device, payload: bytes, reason: str
+) -> None:
+    """A payload with a readable id gets its ``rejected`` (SPEC §5), whatever else it holds."""
+    rejected = rejection(device, payload)
+    assert (rejected.command_id, rejected.reason) == ("x", reason)
+    assert not rejected.signature_verified
+
+
+def test_a_signed_command_with_a_duplicate_key_is_not_verified(device: Device, keys: Dict[str, Path]) -> None:
+    """The last of two values may be what was signed, but a duplicate key is refused before the
+    signature is looked at: no Response Topic for it."""
+    good = signed(envelope(id="d1", args={"x": 2}), keys["operator"])
+    doubled = good.replace(b'"args": {"x": 2}', b'"args": {"x": 1, "x": 2}')
+    assert doubled != good
+    rejected = rejection(device, doubled)
+    assert (rejected.command_id, rejected.reason, rejected.signature_verified) == (
+        "d1",
+        "args: duplicate key 'x'",
+        False,
+    )
 
 
 @pytest.mark.parametrize(

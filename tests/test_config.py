@@ -28,6 +28,16 @@ def test_defaults_follow_the_spec() -> None:
     )
     assert c.mqtt.buffer.max_messages == 100000 and c.commands.require_signature is True
     assert c.http.listen == "127.0.0.1:8080" and c.device.id
+    assert c.store.trusted_keys == []
+    t = c.store.timeouts
+    assert (t.download_stall_s, t.download_s, t.verifying_s, t.loading_s, t.warming_s, t.activating_s) == (
+        30,
+        600,
+        120,
+        120,
+        60,
+        30,
+    )
 
 
 def test_file_then_environment_then_set(tmp_path: Path) -> None:
@@ -54,6 +64,12 @@ def test_file_then_environment_then_set(tmp_path: Path) -> None:
         ("", ["store.keep_versions=0"], "store.keep_versions: Input should be greater than or equal to 1"),
         ("", ["nokey"], "--set 'nokey': expected section.key=value"),
         ("- a list", [], "must be a mapping of sections"),
+        (
+            "store: {timeouts: {download_stall_s: 0}}",
+            [],
+            "store.timeouts.download_stall_s: Input should be greater than 0",
+        ),
+        ("store: {timeouts: {stall: 5}}", [], "store.timeouts.stall: unknown key"),
         ("camera: [unclosed", [], "not valid YAML"),
     ],
 )

@@ -148,7 +148,9 @@ def test_deploy_goes_through_every_stage(
     current = store.current()
     assert current is not None and current.ident == "shapes@1.0.0"
     active = harness.active
-    assert active is not None and active.dir == sv.dir and active.backend == "tflite" and not active.closed
+    # Built from the verified staging copy, which then became the installed version by a rename.
+    assert active is not None and active.backend == "tflite" and not active.closed
+    assert active.dir.parent == store.staging_dir and not active.dir.exists() and sv.dir.is_dir()
     assert staging_is_empty(store) and not deployer.busy
 
 
@@ -428,3 +430,30 @@ def test_a_trickling_server_fails_the_download_as_stalled_long_before_its_time_l
     assert "download_stall_s" in e.value.reason
     assert not deployer.busy and store.current() is None and harness.built == []
     wait_for(lambda: staging_is_empty(store))
+
+
+@pytest.mark.parametrize("failing", ["loading", "warming"])
+def test_a_failed_deploy_keeps_every_rollback_target(
+    tmp_path: Path, harness: Harness, sources: Dict[str, Path], failing: str
+) -> None:
+    """keep_versions 2 with 1.0.0 current and 1.1.0 before it: a deploy of 1.2.0 whose model does
+    not load or warm must not have made room by removing 1.1.0 (the version to roll back to).
+    (Room is made when the loaded model is installed, just before the switch: a switch that then
+    fails, a hung pipeline, has cost the oldest version.)"""
+    store = ModelStore(tmp_path / "store", keep_versions=2, max_bundle_bytes=1 << 20)
+    deployer = make_deployer(store, harness)
+    deploy(deployer, harness, sources["1.1.0"])
+    deploy(deployer, harness, sources["1.0.0"], allow_downgrade=True)
+    assert [sv.ident for sv in store.versions()] == ["shapes@1.0.0", "shapes@1.1.0"]
+    error = RuntimeError(f"broken at {failing}")
+    if failing == "loading":
+        harness.build_error = error
+    else:
+        harness.warm_error = error
+    with pytest.raises(DeployFailed) as e:
+        deploy(deployer, harness, sources["1.2.0"])
+    assert e.value.stage == failing
+    assert [sv.ident for sv in store.versions()] == ["shapes@1.0.0", "shapes@1.1.0"]
+    assert staging_is_empty(store)
+    prev = store.previous()
+    assert prev is not None and prev.ident == "shapes@1.1.0"

@@ -11,10 +11,18 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from edge_agent.commands.checker import MAX_NESTING, _nesting_problem
+from edge_agent.commands.checker import MAX_NESTING, MAX_PAYLOAD_BYTES, _nesting_problem
+from edge_agent.commands.envelope import MAX_ID_LENGTH
 from edge_agent.messages import utc_now_iso
 from edge_agent.service.commands import DropLog
-from tests.command_rig import DEVICE, TOPICS, CommandRig, expected_id
+from tests.command_rig import (
+    DEVICE,
+    ID_MAX_CHARS,
+    PAYLOAD_MAX_BYTES,
+    TOPICS,
+    CommandRig,
+    expected_id,
+)
 
 
 @pytest.fixture
@@ -56,28 +64,34 @@ def raw(doc: Dict[str, Any], **literals: str) -> bytes:
 
 
 DEEP = "[" * 990 + "]" * 990
+# As deep as 256 KiB allows: far past what json.loads (or any recursion) can read.
+DEEPEST = "[" * 130_000 + "]" * 130_000
 
 # (what, payload): none of these carries a readable id, so each is dropped without an answer.
 DROPPED: List[Tuple[str, bytes]] = [
     ("lone surrogate id", raw(envelope(), id='"\\ud800"')),
     ("lone low surrogate id", raw(envelope(), id='"ok\\udfff"')),
     ("990 deep at the top", DEEP.encode()),
-    ("990 deep in args", raw(envelope(), args=f'{{"x": {DEEP}}}')),
     ("990 deep unbalanced", b'{"id": "x", "args": ' + b"[" * 990),
-    ("33 deep in args", raw(envelope(), args='{"a":' * 32 + "1" + "}" * 32)),
-    ("a 5000-digit integer", raw(envelope(), args='{"max_rate_hz": ' + "9" * 5000 + "}")),
-    ("a 65-digit integer", raw(envelope(), args='{"max_rate_hz": ' + "9" * 65 + "}")),
-    ("1e999", raw(envelope(type="set"), args='{"max_rate_hz": 1e999}')),
-    ("NaN", raw(envelope(type="set"), args='{"score_threshold": NaN}')),
-    ("-Infinity", raw(envelope(), ts="-Infinity")),
-    ("duplicate keys", b'{"id": "a", "id": "b", "type": "status"}'),
-    ("duplicate keys inside args", raw(envelope(type="set"), args='{"labels": [], "labels": ["x"]}')),
+    ("990 deep, then not JSON", raw(envelope(), args=f'{{"x": {DEEP}}}') + b" x"),
+    ("990 deep, a bad token inside", raw(envelope(), args='{"x": ' + "[" * 990 + "01" + "]" * 990 + "}")),
+    ("990 deep, mismatched brackets", raw(envelope(), args='{"x": ' + "[" * 990 + "}" * 990 + "}")),
+    ("990 deep with a lone surrogate id", raw(envelope(), id='"\\ud800"', args=f'{{"x": {DEEP}}}')),
+    ("990 deep with the id twice", b'{"id": "a", "args": ' + DEEP.encode() + b', "id": "a"}'),
+    ("990 deep with an id that is an object", raw(envelope(), id='{"id": "x"}', args=DEEP)),
+    ("990 deep with the id inside args only", b'{"args": {"id": "a", "x": ' + DEEP.encode() + b"}}"),
+    ("the id twice", b'{"id": "a", "id": "b", "type": "status"}'),
+    ("the id twice, the same", b'{"id": "a", "id": "a", "type": "status"}'),
+    ("an id that is NaN", raw(envelope(), id="NaN")),
+    ("an id that is 1e999", raw(envelope(), id="1e999")),
     ("a JSON array", b'["id", "x"]'),
     ("a JSON string", b'"id"'),
     ("JSON null", b"null"),
     ("a number", b"7"),
+    ("NaN at the top", b"NaN"),
     ("invalid UTF-8", b'{"id": "caf\xe9", "type": "status"}'),
     ("a UTF-8 surrogate in raw bytes", b'{"id": "\xed\xa0\x80"}'),
+    ("a byte order mark", b"\xef\xbb\xbf" + json.dumps(envelope()).encode()),
     ("empty", b""),
     ("truncated", json.dumps(envelope()).encode()[:30]),
     ("an id that is a number", raw(envelope(), id="17")),
@@ -85,7 +99,13 @@ DROPPED: List[Tuple[str, bytes]] = [
     ("an id of 129 characters", raw(envelope(), id=json.dumps("x" * 129))),
     ("no id", b'{"type": "status"}'),
     ("over 256 KiB", b" " * (256 * 1024 + 1)),
+    ("over 256 KiB with an id", raw(envelope(), args=json.dumps({"x": "y" * 256 * 1024}))),
 ]
+
+
+def test_the_oracle_restates_the_agents_limits() -> None:
+    """tests/command_rig.py reads SPEC §5 without the checker, but with the agent's two limits."""
+    assert (ID_MAX_CHARS, PAYLOAD_MAX_BYTES) == (MAX_ID_LENGTH, MAX_PAYLOAD_BYTES)
 
 
 @pytest.mark.parametrize(("what", "payload"), DROPPED, ids=[w for w, _ in DROPPED])
@@ -112,6 +132,82 @@ REJECTED: List[Tuple[str, bytes, str]] = [
     ("lone surrogate in sig", raw(envelope(), sig='"\\ud800"'), "not valid Unicode"),
     ("a surrogate pair is fine", raw(envelope(), type='"\\ud83d\\ude00"'), "unsigned"),
     ("32 deep in args", raw(envelope(), args='{"a":' * 31 + "1" + "}" * 31), "unsigned"),
+    # JSON a command may not hold, around an id that is perfectly readable: rejected, not dropped.
+    ("33 deep in args", raw(envelope(), args='{"a":' * 32 + "1" + "}" * 32), "nested deeper than 32 levels"),
+    ("990 deep in args", raw(envelope(), args=f'{{"x": {DEEP}}}'), "nested deeper than 32 levels"),
+    (
+        "990 deep before the id",
+        b'{"args": ' + DEEP.encode() + b', "id": "hostile-1"}',
+        "nested deeper than 32",
+    ),
+    (
+        "an escaped id, 990 deep",
+        b'{"\\u0069d": "hostile-1", "args": ' + DEEP.encode() + b"}",
+        "nested deeper",
+    ),
+    (
+        "256 KiB of nesting in args",
+        raw(envelope(), args=f'{{"x": {DEEPEST}}}'),
+        "nested deeper than 32 levels",
+    ),
+    (
+        "990 deep objects in args",
+        raw(envelope(), args='{"a":' * 990 + "1" + "}" * 990),
+        "nested deeper than 32",
+    ),
+    (
+        "a 5000-digit integer",
+        raw(envelope(), args='{"max_rate_hz": ' + "9" * 5000 + "}"),
+        "args.max_rate_hz: a number of 5000 characters (at most 64)",
+    ),
+    (
+        "a 65-digit integer",
+        raw(envelope(), args='{"max_rate_hz": ' + "9" * 65 + "}"),
+        "args.max_rate_hz: a number of 65 characters (at most 64)",
+    ),
+    (
+        "a 66-character fraction",
+        raw(envelope(), ts="0." + "1" * 64),
+        "ts: a number of 66 characters (at most 64)",
+    ),
+    (
+        "1e999",
+        raw(envelope(type="set"), args='{"max_rate_hz": 1e999}'),
+        "args.max_rate_hz: 1e999 is not a finite",
+    ),
+    ("1e999 in the envelope", raw(envelope(), ts="1e999"), "ts: 1e999 is not a finite number"),
+    (
+        "-1e999 in a list",
+        raw(envelope(type="set"), args='{"labels": ["a", -1e999]}'),
+        "args.labels[1]: -1e999",
+    ),
+    (
+        "NaN",
+        raw(envelope(type="set"), args='{"score_threshold": NaN}'),
+        "args.score_threshold: NaN is not JSON",
+    ),
+    ("-Infinity", raw(envelope(), ts="-Infinity"), "ts: -Infinity is not JSON"),
+    (
+        "Infinity under an odd key",
+        raw(envelope(), args='{"a b": Infinity}'),
+        "args['a b']: Infinity is not JSON",
+    ),
+    (
+        "duplicate keys inside args",
+        raw(envelope(type="set"), args='{"labels": [], "labels": ["x"]}'),
+        "args: duplicate key 'labels'",
+    ),
+    ("a duplicate key deeper", raw(envelope(), args='{"f": {"x": 1, "x": 2}}'), "args.f: duplicate key 'x'"),
+    (
+        "a duplicate key under a lone surrogate",
+        raw(envelope(), args='{"\\ud800": {"x": 1, "x": 2}}'),
+        "args['\\ud800']: duplicate key 'x'",
+    ),
+    (
+        "a duplicate key at the top",
+        b'{"id": "hostile-1", "type": "status", "type": "set"}',
+        "duplicate key 'type'",
+    ),
     ("a control character in the id", raw(envelope(), id='"a\\nb"'), "id: must be printable"),
     ("a NUL in the id", raw(envelope(), id='"a\\u0000b"'), "id: must be printable"),
     ("an id of 128 characters", raw(envelope(), id=json.dumps("x" * 128)), "unsigned"),

@@ -334,6 +334,7 @@ def test_a_command_is_delivered_again_until_the_agent_acknowledges_it(
     gate.open()
     again = commands.wait(3)[-1]
     assert again.payload == b'{"id":"in-hand"}'
+    assert again.redelivered and not recorded.redelivered  # the broker's DUP flag
     assert [c.payload for c in commands.received].count(b'{"id":"recorded"}') == 1
     gate.close()
 

@@ -183,3 +183,26 @@ def test_the_file_is_sqlite_in_wal_mode(path: Path) -> None:
     box.close()
     with pytest.raises(ValueError):
         Outbox(path, 0)
+
+
+def test_a_full_disk_is_one_outbox_error_and_the_queue_recovers(tmp_path: Path) -> None:
+    """SQLite answers a full disk with "database or disk is full" and has already rolled the
+    transaction back: the outbox says so in one OutboxError naming its file (the sender and the
+    pipeline log it as one line), keeps its count right, and works again once there is room.
+    The disk is made full with SQLite's own page limit, so no root or tmpfs is needed."""
+    from edge_agent.mqtt.outbox import OutboxError
+
+    outbox = Outbox(tmp_path / "o.db", 100_000)
+    assert outbox._conn is not None
+    pages = outbox._conn.execute("PRAGMA page_count").fetchone()[0]
+    outbox._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    queued = 0
+    with pytest.raises(OutboxError, match=r"outbox .*o\.db: database or disk is full"):
+        for _ in range(1000):
+            outbox.put("t", b"x" * 2000, qos=1)
+            queued += 1
+    assert 0 < queued < 1000 and len(outbox) == queued
+    outbox._conn.execute("PRAGMA max_page_count = 1073741823")
+    outbox.put("t", b"after", qos=1)
+    assert len(outbox) == queued + 1 and outbox.peek(1, after_id=0)[0].payload == b"x" * 2000
+    outbox.close()

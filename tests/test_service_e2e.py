@@ -278,6 +278,7 @@ def test_a_deploy_cut_short_by_sigkill_ends_after_the_restart(world: World):
     assert proc.returncode == 1, out + err
     results = _results(subprocess.CompletedProcess([], 1, out, err))
     command_id = results[0]["id"]
+    world.final(command_id)  # the dashboard's copy may trail edge-ctl's
     ends = [
         r
         for r in world.dash.get("result")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
 from ..bundle import Bundle
-from ..errors import BackendError
+from ..errors import BackendError, BackendUnavailable
 from . import registry
 from .base import Backend
 
@@ -75,7 +75,10 @@ def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str
     return out
 
 
-def choose(bundle: Bundle, threads: Optional[int] = None) -> Choice:
+def choose(bundle: Bundle, threads: Optional[int] = None, strict: bool = False) -> Choice:
+    """The first candidate that loads. ``strict`` (a deploy): only a missing runtime or device
+    moves on to the next; an artifact that does not load on an available backend is a broken
+    model, and a fallback to another artifact would hide it (SPEC §6.2)."""
     reasons: List[str] = []
     for name, device, skip in plan(a.runtime for a in bundle.manifest.artifacts):
         label = f"{name}" + (f" on {device}" if device else "")
@@ -87,6 +90,9 @@ def choose(bundle: Bundle, threads: Optional[int] = None) -> Choice:
         try:
             backend.load(bundle)
         except BackendError as e:
+            if strict and not isinstance(e, BackendUnavailable):
+                backend.close()
+                raise
             reasons.append(f"{label}: {e}")
             log.warning("auto: %s failed to load, falling back: %s", label, e)
             backend.close()

@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import ConfigError, MQTTConfig
 from ..messages import utc_now_iso
-from .outbox import OpenCommand, Outbox, OutboxItem
+from .outbox import OpenCommand, Outbox, OutboxError, OutboxItem
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class IncomingCommand:
     # The delivery, for ``MqttLink.ack`` once the command is recorded (not part of its identity).
     mid: int = field(default=0, compare=False)
     qos: int = field(default=0, compare=False)
+    redelivered: bool = field(default=False, compare=False)  # MQTT DUP: sent before, not acknowledged
 
 
 @dataclass(frozen=True)
@@ -475,9 +476,13 @@ class MqttLink:
                             self.topics.status, status, qos=1, retain=True, properties=self._properties()
                         )
                     self._send(window)
-            except Exception:
-                # The outbox or paho failed in a way it should not; keep the link alive and retry.
-                log.exception("MQTT: the sender failed; retrying")
+            except Exception as e:
+                # The outbox (a full disk) or paho failed; keep the link alive and retry. What the
+                # environment does is one line; anything else is a bug, with its traceback.
+                if isinstance(e, OutboxError):
+                    log.error("MQTT: the sender failed (%s); retrying", e)
+                else:
+                    log.exception("MQTT: the sender failed; retrying")
                 with self._cv:
                     self._acked_mids[:0] = mids  # settling again is harmless
                     self._cv.wait(_IDLE_POLL_S)
@@ -684,6 +689,7 @@ class MqttLink:
                 correlation_data=None if correlation_data is None else bytes(correlation_data),
                 mid=message.mid,
                 qos=message.qos,
+                redelivered=bool(message.dup),
             )
             self._on_command(command)
             handed_over = True

@@ -13,13 +13,16 @@ every message would wear out the SD card of a Raspberry Pi for little gain.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Union
+
+from ..errors import EdgewatchError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS open_commands (id TEXT PRIMARY KEY, type TEXT NOT NULL, context TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 """
+
+
+class OutboxError(EdgewatchError):
+    """The queue's database failed (a full disk, an I/O error): names the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,29 @@ class Outbox:
             raise
         return conn
 
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the caller holds the lock). ``durable``: synced to the disk
+        before it returns (SQLite's FULL), for the rare writes a power cut must not undo. A
+        failure of the database itself (a full disk, an I/O error) is an OutboxError."""
+        conn = self._db()
+        try:
+            if durable:
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite rolls back by itself after some errors (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as e:
+            raise OutboxError(f"outbox {self.path}: {e}") from e
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"outbox {self.path} is closed")
@@ -131,10 +161,10 @@ class Outbox:
             raise ValueError("a payload built from a counter value needs the counter's name")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos}")
+        # A command's start or end must survive a power cut, not only a crash.
+        journal = opens is not None or closes is not None
         with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(durable=journal) as conn:
                 value: Optional[int] = None
                 if counter is not None:
                     conn.execute("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", (counter,))
@@ -167,10 +197,6 @@ class Outbox:
                     )
                 if closes is not None:
                     conn.execute("DELETE FROM open_commands WHERE id = ?", (closes,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             if dropped_now and not self._overflowing:
                 # Once per episode of overflow, not once per message.
                 log.warning("outbox full (%d messages): dropping the oldest to make room", self.max_messages)
@@ -213,19 +239,18 @@ class Outbox:
         if not ids:
             return
         with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as conn:
                 removed = 0
                 for params in ids:
                     removed += conn.execute("DELETE FROM messages WHERE id = ?", params).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._count -= removed
             if self._count < self.max_messages:
                 self._overflowing = False
+
+    def note_open(self, command_id: str, context: str) -> None:
+        """Replace the context of an open command (what the restart will need to end it)."""
+        with self._lock, self._transaction(durable=True) as conn:
+            conn.execute("UPDATE open_commands SET context = ? WHERE id = ?", (context, command_id))
 
     def open_commands(self) -> List[OpenCommand]:
         """The accepted commands whose final result was never queued, oldest first."""

@@ -207,18 +207,21 @@ class Agent:
         if detector is not None:
             detector.set_thresholds(self._thresholds())
 
-    def _open(self, bundle_dir: Path, backend: Optional[str], verify: bool = False) -> Detector:
-        """A detector for an installed bundle, at start or after the accelerator failed: on
-        ``backend`` (default: the configured one), or, when that accelerator or its runtime is
-        absent, on whatever auto finds. The store verified the files (``recover`` at start, the
-        deploy's verifying stage, a rollback's check), so they are hashed again only on request:
-        a 200 MB bundle costs a Pi seconds per pass."""
+    def _open(
+        self, bundle_dir: Path, backend: Optional[str], verify: bool = False, strict: bool = False
+    ) -> Detector:
+        """A detector for a bundle, at start, after the accelerator failed, or for a first
+        deploy: on ``backend`` (default: the configured one), or, when that accelerator or its
+        runtime is absent, on whatever auto finds (``strict``: auto too moves on only past a
+        missing runtime or device, never past an artifact that does not load). The store
+        verified the files (``recover`` at start, the deploy's verifying stage, a rollback's
+        check), so they are hashed again only on request: a 200 MB bundle costs a Pi seconds."""
         d = self.config.detector
         name = backend or d.backend
         device = d.device if name == d.backend else None
         try:
             detector, reasons = open_detector(
-                str(bundle_dir), name, device, d.threads, self._thresholds(), verify=verify
+                str(bundle_dir), name, device, d.threads, self._thresholds(), verify=verify, strict=strict
             )
         except BackendUnavailable as e:
             if name == "auto":
@@ -227,7 +230,7 @@ class Agent:
             # whatever auto finds, and say so. A model that does not load is no reason to.
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
             detector, reasons = open_detector(
-                str(bundle_dir), "auto", None, d.threads, self._thresholds(), verify=verify
+                str(bundle_dir), "auto", None, d.threads, self._thresholds(), verify=verify, strict=strict
             )
             reasons = [f"{name}: {e}", *reasons]
         fallbacks = [r for r in reasons if is_fallback(r)]
@@ -242,7 +245,7 @@ class Agent:
         backend's artifact. With nothing serving yet, as at start."""
         serving = self.switch.serving
         if backend is None and serving is None:
-            return self._open(bundle_dir, None)
+            return self._open(bundle_dir, None, strict=True)
         d = self.config.detector
         if backend is None:
             assert serving is not None
@@ -250,13 +253,14 @@ class Agent:
         else:
             name, device = backend, (d.device if backend == d.backend else None)
         detector, _ = open_detector(
-            str(bundle_dir), name, device, d.threads, self._thresholds(), verify=False
+            str(bundle_dir), name, device, d.threads, self._thresholds(), verify=False, strict=True
         )
         return detector
 
     def _open_warm(self, sv: StoredVersion, verify: bool) -> Detector:
-        """An installed version on the configured backend, with its first inference done."""
-        detector = self._open(sv.dir, None, verify)
+        """An installed version with its first inference done: on the backend the deploy that
+        activated it named, else on the configured one."""
+        detector = self._open(sv.dir, self.store.activated_backend(sv), verify)
         try:
             detector.warm()
         except Exception:

@@ -173,6 +173,13 @@ class CommandHandler:
         except CommandRejected as r:
             if r.command_id is None:
                 self.drops.note(incoming.topic, r.reason)
+            elif incoming.redelivered and r.command_id in self.checker.seen:
+                # The broker delivering again a command this agent took before a crash (it is
+                # acknowledged only once recorded): it was answered then, or is ended as
+                # interrupted now. A second answer would give it two endings.
+                log.info(
+                    "command %s delivered again after a restart: already handled", _loggable(r.command_id)
+                )
             else:
                 log.warning("rejected command %s: %s", _loggable(r.command_id), _loggable(r.reason))
                 reply_to = self._reply_to(incoming, r.signature_verified)
@@ -199,15 +206,16 @@ class CommandHandler:
 
     def end_interrupted(self) -> None:
         """End the deploys and rollbacks that a crash or power cut cut short (SPEC §5), once the
-        store has recovered and the start-up model is chosen: ``failed`` at stage
-        ``interrupted`` while the version current at acceptance still is; ``succeeded`` when the
-        switch had been recorded before the restart (the device serves it now, and a result
-        saying otherwise would be false)."""
+        store has recovered and the start-up model is chosen: ``succeeded`` when the version
+        the command was switching to is current now (its switch was recorded before the restart,
+        the device serves it, and a result saying otherwise would be false); otherwise ``failed``
+        at stage ``interrupted``, naming what serves."""
         for interrupted in self.link.outbox.open_commands():
-            before = json.loads(interrupted.context).get("current")
+            context = json.loads(interrupted.context)
+            before, target = context.get("current"), context.get("target")
             current = self.deployer.store.current()
             now = current.ident if current is not None else None
-            if now is not None and now != before:
+            if target is not None and now == target and now != before:
                 log.warning("%s %s: %s was recorded before a restart", interrupted.type, interrupted.id, now)
                 self._result(
                     interrupted.id,
@@ -226,10 +234,15 @@ class CommandHandler:
                 )
 
     # -- deploy and rollback ---------------------------------------------------------------
-    def _reporter(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> Report:
+    def _reporter(self, cmd: Command, reply_to: Optional[IncomingCommand], before: Optional[str]) -> Report:
         last: Dict[str, Any] = {"stage": None, "progress": -1.0, "t": 0.0}
 
         def report(stage: str, progress: Optional[float], detail: Optional[str]) -> None:
+            if stage == "loading" and stage != last["stage"]:
+                # The version this command would make current (the deployer names it here): a
+                # restart ends the command by whether that is current then.
+                context = json.dumps({"current": before, "target": detail})
+                self.link.outbox.note_open(cmd.id, context)
             now = time.monotonic()
             same_stage = stage == last["stage"] and progress is not None and progress < 1.0
             if same_stage and progress - last["progress"] < PROGRESS_STEP and now - last["t"] < 1.0:
@@ -248,13 +261,14 @@ class CommandHandler:
             )
             return
         current = self.deployer.store.current()
-        before = json.dumps({"current": current.ident if current is not None else None})
-        self._result(cmd.id, "accepted", reply_to, opens=OpenCommand(cmd.id, cmd.type, before))
+        before = current.ident if current is not None else None
+        context = json.dumps({"current": before, "target": None})
+        self._result(cmd.id, "accepted", reply_to, opens=OpenCommand(cmd.id, cmd.type, context))
 
         def run() -> None:
             old = self.switch.serving
             try:
-                sv = work(self._reporter(cmd, reply_to))
+                sv = work(self._reporter(cmd, reply_to, before))
             except DeployFailed as e:
                 self.switch.revert(old)
                 log.error("%s %s failed at %s: %s", cmd.type, cmd.id, e.stage, e.reason)

@@ -413,11 +413,17 @@ class Pipeline:
 
     # -- emit ------------------------------------------------------------------------------
     def _emit(self) -> None:
+        failures = 0  # in a row
         while True:
             item = self._results.get()
             if item is None:
                 return
             try:
                 self.on_result(item)
+                failures = 0
+            except EdgewatchError as e:  # e.g. the outbox on a full disk: the 1st, 10th, 100th…
+                failures += 1
+                if failures == 1 or math.log10(failures).is_integer():
+                    log.error("frame %d: publishing failed (%d in a row): %s", item.number, failures, e)
             except Exception:
                 log.exception("publishing frame %d failed", item.number)

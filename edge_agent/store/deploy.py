@@ -9,8 +9,12 @@ store's current version unchanged.
 
 What the caller (the agent) supplies and must know:
 
-- ``build(bundle_dir, backend)`` loads a detector from an installed bundle directory while the old
-  one keeps serving; ``close(detector)`` releases one that was never activated. A ``build`` or
+- ``build(bundle_dir, backend)`` loads a detector from a verified bundle directory while the old
+  one keeps serving: for a new version that is its staging copy, which is renamed into the
+  store only once the detector has loaded and warmed (so the detector must not reopen files by
+  path afterwards; the backends read or map them at load, and a rename keeps both valid), and a
+  deploy that fails before that never touches the store. ``close(detector)`` releases one that
+  was never activated. A ``build`` or
   ``warm()`` that outlives its timeout is abandoned: the deploy fails at once, and when the
   worker finishes later, whatever it built is closed.
 - ``activate(detector)`` hands the detector to the pipeline and returns once it serves. If it
@@ -257,14 +261,13 @@ class Deployer:
         finally:
             cancelled.set()
 
-    def _verify_and_install(
-        self, directory: Path, sha256: Optional[str], allow_downgrade: bool, install: bool
-    ) -> Tuple[StoredVersion, bool]:
-        """(the installed version, whether this call installed it anew)."""
+    def _check(self, directory: Path, sha256: Optional[str], allow_downgrade: bool) -> str:
+        """Verify the bundle in ``directory`` (staging, or an installed copy) against the command
+        and the release keys; its ``name@version``."""
         try:
             bundle = load_bundle(directory, verify=True)
         except BundleError as e:
-            raise DeployFailed("verifying", str(e)) from None
+            raise DeployFailed("verifying", str(e)) from e
         manifest = bundle.manifest
         if sha256 is not None and bundle.manifest_sha256 != sha256.lower():
             raise DeployFailed(
@@ -279,6 +282,16 @@ class Deployer:
         current = self.store.current()
         if (
             current is not None
+            and (current.name, current.version) == (manifest.name, manifest.version)
+            and current.manifest_sha256 != bundle.manifest_sha256
+        ):
+            raise DeployFailed(
+                "verifying",
+                f"{manifest.ident} is current with another manifest (sha256 {current.manifest_sha256}); "
+                "versions are immutable: publish a new one",
+            )
+        if (
+            current is not None
             and current.name == manifest.name
             and version_key(manifest.version) < version_key(current.version)
             and not allow_downgrade
@@ -288,39 +301,51 @@ class Deployer:
                 f"{manifest.ident} is older than the current {current.version}; "
                 "a downgrade needs allow_downgrade (or use rollback)",
             )
-        before = self.store.find(manifest.version, manifest.name)
-        if not install:  # the already-installed path: ``directory`` is in the store
-            if before is None:
-                raise DeployFailed("verifying", f"{manifest.ident} is no longer installed")
-            return before, False
+        return manifest.ident
+
+    def _install_in_time(self, staging: Path) -> Tuple[StoredVersion, bool]:
+        def late(result: Optional[Tuple[StoredVersion, bool]], _error: Optional[BaseException]) -> None:
+            if result is not None and result[1]:
+                self._remove_quietly(result[0])
+
+        job = _Job("deploy-installing", lambda: self._install(staging), late)
+        return self._wait("activating", job, self.timeouts.activating_s)
+
+    def _install(self, staging: Path) -> Tuple[StoredVersion, bool]:
+        """Move the verified staging copy into the store (which makes room first); (the installed
+        version, whether this deploy installed it anew)."""
+        bundle = load_bundle(staging, verify=False)
+        before = self.store.find(bundle.manifest.version, bundle.manifest.name)
         try:
-            installed = self.store.install(directory, verify=False)
+            installed = self.store.install(staging, verify=False)
         except EdgewatchError as e:
-            raise DeployFailed("verifying", str(e)) from None
+            raise DeployFailed("activating", str(e)) from e
         fresh = before is None or before.manifest_sha256 != installed.manifest_sha256
         return installed, fresh
 
-    def _load(self, sv: StoredVersion, backend: Optional[str], report: Report, check_files: bool) -> Any:
-        self._say(report, "loading", None, sv.ident)
+    def _load(
+        self, directory: Path, ident: str, backend: Optional[str], report: Report, check_files: bool
+    ) -> Any:
+        self._say(report, "loading", None, ident)
 
         def work() -> Any:
             if check_files:  # a rollback: the files have sat on disk since they were verified
                 try:
-                    load_bundle(sv.dir, verify=True)
+                    load_bundle(directory, verify=True)
                 except BundleError as e:
-                    raise DeployFailed("loading", str(e)) from None
-            return self.build(sv.dir, backend)
+                    raise DeployFailed("loading", str(e)) from e
+            return self.build(directory, backend)
 
         def late(detector: Optional[Any], error: Optional[BaseException]) -> None:
             if error is None and detector is not None:
-                log.warning("closing the detector for %s that finished loading after its timeout", sv.ident)
+                log.warning("closing the detector for %s that finished loading after its timeout", ident)
                 self._close_quietly(detector)
 
         return self._wait("loading", _Job("deploy-loading", work, late), self.timeouts.loading_s)
 
-    def _warm(self, sv: StoredVersion, detector: Any, report: Report) -> None:
+    def _warm(self, ident: str, detector: Any, report: Report) -> None:
         """Warm the detector; on failure it is closed (at once, or by the worker after a timeout)."""
-        self._say(report, "warming", None, sv.ident)
+        self._say(report, "warming", None, ident)
 
         def work() -> None:
             warm = getattr(detector, "warm", None)
@@ -337,7 +362,9 @@ class Deployer:
             self._close_quietly(detector)
             raise DeployFailed("warming", _reason(job.error))
 
-    def _activate(self, sv: StoredVersion, detector: Any, report: Report, fresh: bool) -> StoredVersion:
+    def _activate(
+        self, sv: StoredVersion, detector: Any, report: Report, fresh: bool, backend: Optional[str] = None
+    ) -> StoredVersion:
         """activate(), then record as current, then prune. ``fresh``: this deploy installed
         ``sv``, so a failure before the pipeline took it removes it again."""
         self._say(report, "activating", None, sv.ident)
@@ -348,7 +375,7 @@ class Deployer:
                 return
             log.warning("%s was activated after its timeout; recording it as current", sv.ident)
             try:
-                self.store.set_current(sv)
+                self.store.set_current(sv, backend)
             except EdgewatchError:
                 log.exception("recording %s as current after a late activation", sv.ident)
 
@@ -364,7 +391,7 @@ class Deployer:
                 self._remove_quietly(sv)
             raise DeployFailed("activating", _reason(job.error))
         try:
-            self.store.set_current(sv)
+            self.store.set_current(sv, backend)
         except Exception as e:
             raise DeployFailed(
                 "activating", f"{sv.ident} serves but cannot be recorded as current: {e}", activated=True
@@ -385,6 +412,9 @@ class Deployer:
         files: Optional[Mapping[str, str]],
         report: Report,
     ) -> StoredVersion:
+        """Download and verify into staging, load and warm from there, and only then install into
+        the store (making room) and activate: a deploy that fails before activating leaves the
+        store as it was, every rollback target included."""
         self._stage = "downloading"
         staging: Optional[Path] = None
         try:
@@ -398,32 +428,23 @@ class Deployer:
                 self._download(uri, staging, files, report)
                 directory = staging
             self._say(report, "verifying", None, None)
-            sv, fresh = self._verify(directory, sha256, allow_downgrade, install=staging is not None)
+            ident = self._wait(
+                "verifying",
+                _Job("deploy-verifying", lambda: self._check(directory, sha256, allow_downgrade)),
+                self.timeouts.verifying_s,
+            )
+            detector = self._load(directory, ident, backend, report, check_files=False)
+            self._warm(ident, detector, report)
+            self._stage = "activating"
+            try:
+                sv, fresh = (installed, False) if installed is not None else self._install_in_time(directory)
+            except BaseException:
+                self._close_quietly(detector)
+                raise
         finally:
             if staging is not None and staging.exists():  # install() renamed it on success
                 self.store.discard(staging)
-        try:
-            detector = self._load(sv, backend, report, check_files=False)
-            self._warm(sv, detector, report)
-        except BaseException:
-            if fresh:
-                self._remove_quietly(sv)
-            raise
-        return self._activate(sv, detector, report, fresh)
-
-    def _verify(
-        self, directory: Path, sha256: Optional[str], allow_downgrade: bool, install: bool
-    ) -> Tuple[StoredVersion, bool]:
-        def late(result: Optional[Tuple[StoredVersion, bool]], _error: Optional[BaseException]) -> None:
-            if result is not None and result[1]:
-                self._remove_quietly(result[0])
-
-        job = _Job(
-            "deploy-verifying",
-            lambda: self._verify_and_install(directory, sha256, allow_downgrade, install),
-            late,
-        )
-        return self._wait("verifying", job, self.timeouts.verifying_s)
+        return self._activate(sv, detector, report, fresh, backend)
 
     def _rollback(self, version: Optional[str], report: Report) -> StoredVersion:
         self._stage = "loading"
@@ -435,8 +456,8 @@ class Deployer:
             raise DeployFailed("loading", f"{wanted} is not installed (installed: {have})")
         if current is not None and (current.name, current.version) == (target.name, target.version):
             raise DeployFailed("loading", f"{target.ident} is already the current version")
-        detector = self._load(target, None, report, check_files=True)
-        self._warm(target, detector, report)
+        detector = self._load(target.dir, target.ident, None, report, check_files=True)
+        self._warm(target.ident, detector, report)
         return self._activate(target, detector, report, fresh=False)
 
     # -- helpers --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ messages lose their query string, which may hold credentials (pre-signed URLs).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -35,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ..bundle import MANIFEST, SIGNATURE, parse_manifest
 from ..config import S3Config
@@ -133,12 +134,15 @@ class _Stream:
     """An open remote or local file: ``read(n)`` and ``close()``, and its length when known.
 
     ``read`` returns what has arrived (``read1``) rather than waiting for ``n`` bytes, so that
-    the caller sees a trickle as the trickle it is and can call it stalled."""
+    the caller sees a trickle as the trickle it is and can call it stalled. ``read`` given here
+    replaces ``raw``'s own (``raw`` is still what is closed)."""
 
-    def __init__(self, raw: Any, length: Optional[int]) -> None:
+    def __init__(
+        self, raw: Any, length: Optional[int], read: Optional[Callable[[int], bytes]] = None
+    ) -> None:
         self.raw = raw
         self.length = length
-        self._read = getattr(raw, "read1", None) or raw.read
+        self._read = read or getattr(raw, "read1", None) or raw.read
 
     def read(self, n: int) -> bytes:
         return bytes(self._read(n))
@@ -345,10 +349,25 @@ class _S3Source(_Source):
             raise FetchError(f"{uri}: {e}") from None
         length = response.get("ContentLength")
         body = response["Body"]
-        # botocore's StreamingBody reads until it has ``n`` bytes; the urllib3 response inside
-        # it (urllib3 2) can hand over what has arrived. Sizes and hashes are checked here anyway.
+        return _Stream(body, int(length) if length is not None else None, read=self._read1(body))
+
+    @staticmethod
+    def _read1(body: Any) -> Optional[Callable[[int], bytes]]:
+        """A ``read1`` for a GetObject body: what has arrived, at most ``n`` bytes.
+
+        botocore's StreamingBody.read(n), and urllib3's own read(n) inside it, wait until ``n``
+        bytes have come, so a trickle would never look like one. urllib3 2.1 and later have
+        ``read1``; urllib3 1.26 (what botocore pins on Python 3.9) and 2.0 do not, and then the
+        http.client response inside it (``_fp``) is read directly. That is the same bytes:
+        botocore asks urllib3 for the body undecoded (``decode_content=False``), and urllib3 adds
+        nothing else that matters here, since the size and sha256 of every file are checked as
+        it arrives. Closing still goes through ``body`` (it closes the urllib3 response and its
+        connection). None (plain ``read``, where only silence is caught) if neither is there."""
         raw = getattr(body, "_raw_stream", None)
-        return _Stream(raw if hasattr(raw, "read1") else body, int(length) if length is not None else None)
+        read1 = getattr(raw, "read1", None)
+        if read1 is None:
+            read1 = getattr(getattr(raw, "_fp", None), "read1", None)
+        return read1 if callable(read1) else None
 
     def _endpoint_of(self, e: Exception) -> str:
         url = str(getattr(e, "kwargs", {}).get("endpoint_url", "") or self.endpoint or "")
@@ -392,34 +411,52 @@ def _cancel_check(cancelled: Optional[threading.Event], what: str) -> None:
 
 
 class FetchStalled(FetchError):
-    """Less than ``STALL_MIN_BYTES`` arrived within a whole stall window."""
+    """Less than ``STALL_MIN_BYTES`` arrived within a stall window of waiting (or nothing at all)."""
 
 
 class _StallGuard:
-    """Fails a download that moves less than ``STALL_MIN_BYTES`` in any ``window_s`` (SPEC §6.5):
-    a socket timeout alone never fires for a server that sends a byte every few seconds. Windows
-    follow one another; a silent server is caught by the socket timeout, which is the same window."""
+    """Fails a download that moves less than ``STALL_MIN_BYTES`` within any ``window_s`` of
+    waiting for it (SPEC §6.5): a socket timeout alone never fires for a server that sends a
+    byte every few seconds.
+
+    The window slides: at the end of every read it looks back over the last ``window_s``, so a
+    server cannot stretch its KiB over two windows laid end to end. Its clock runs only inside
+    reads (bytes count at the end of the read that returned them): the agent's own time between
+    reads, writing and hashing, the fsync that ends each file, the next file's request and
+    headers, is no stall of the server's, and an SD card that takes seconds to sync must not make
+    a fast server look stalled. A server that sends nothing is caught by the socket timeout
+    instead (the same ``window_s``), since a read that never returns is never checked here."""
 
     def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.clock = clock
-        self.start = clock()
-        self.received = 0
+        self.waited = 0.0  # seconds spent inside reads so far
+        # (``waited`` at the end of a read, the bytes it returned) for the reads that can still
+        # matter: those within the last window, and of those only the newest that add up to
+        # STALL_MIN_BYTES (a later window that holds an older read holds all of these too).
+        self.recent: Deque[Tuple[float, int]] = collections.deque()
+        self.recent_bytes = 0
 
-    def advance(self, nbytes: int, what: str) -> None:
-        self.received += nbytes
-        now = self.clock()
-        if now - self.start < self.window_s:
-            return
-        if self.received < STALL_MIN_BYTES:
+    def advance(self, seconds: float, nbytes: int, what: str) -> None:
+        """One read took ``seconds`` and returned ``nbytes`` (0 at the end of a file)."""
+        self.waited += max(0.0, seconds)
+        if nbytes:
+            self.recent.append((self.waited, nbytes))
+            self.recent_bytes += nbytes
+        horizon = self.waited - self.window_s
+        while self.recent and (
+            self.recent[0][0] <= horizon or self.recent_bytes - self.recent[0][1] >= STALL_MIN_BYTES
+        ):
+            self.recent_bytes -= self.recent.popleft()[1]
+        if self.waited >= self.window_s and self.recent_bytes < STALL_MIN_BYTES:
             raise FetchStalled(
-                f"{what}: stalled: {self.received} bytes in the last {now - self.start:.0f} s "
-                f"(less than {STALL_MIN_BYTES} within store.timeouts.download_stall_s = {self.window_s:g} s)"
+                f"{what}: stalled: {self.recent_bytes} bytes in the last {self.window_s:g} s of "
+                f"waiting for it (less than {STALL_MIN_BYTES} within store.timeouts.download_stall_s)"
             )
-        self.start, self.received = now, 0
 
 
 def _read(stream: _Stream, what: str, timeout_s: float, guard: _StallGuard) -> bytes:
+    started = guard.clock()
     try:
         block = stream.read(CHUNK_BYTES)
     except FetchError:
@@ -428,7 +465,7 @@ def _read(stream: _Stream, what: str, timeout_s: float, guard: _StallGuard) -> b
         if isinstance(e, (socket.timeout, TimeoutError)) or "timed out" in str(e):
             raise FetchStalled(f"{what}: stalled: nothing arrived for {timeout_s:g} s") from e
         raise FetchError(f"{what}: {_reason(e, timeout_s)}") from e
-    guard.advance(len(block), what)
+    guard.advance(guard.clock() - started, len(block), what)
     return block
 
 
@@ -549,11 +586,20 @@ def fetch_bundle(
 ) -> None:
     """Fetch the bundle whose manifest is at ``uri`` into the directory ``dest`` (created when
     missing; it should be empty). ``files`` maps file names to their own https URLs;
-    ``stall_s`` bounds each connection and read, and fails the download as stalled when less
-    than ``STALL_MIN_BYTES`` arrive within any such window; it does not bound the whole
-    download (cancel for that);
     ``cafile`` replaces the system's CA certificates for https. On failure ``dest`` may hold
-    partial files: the caller discards it."""
+    partial files: the caller discards it.
+
+    ``stall_s`` (``store.timeouts.download_stall_s``) bounds waiting for the server:
+
+    - it is the socket timeout of every connect and every receive, so a server that falls silent
+      fails within it (for s3:// within it per attempt: botocore may retry a request);
+    - while a file's bytes stream, less than ``STALL_MIN_BYTES`` within any ``stall_s`` spent
+      waiting in reads fails the download as stalled (:class:`FetchStalled`).
+
+    It does not bound name resolution, a response whose status line and headers come a byte at
+    a time (each receive returns within the timeout), the agent's own disk time, or the whole
+    download: the caller bounds those, by setting ``cancelled`` and giving up (the deploy's
+    ``store.timeouts.download_s``)."""
     out = Path(dest)
     source = _source_for(uri, s3, files or {}, stall_s, cafile)
     guard = _StallGuard(stall_s)

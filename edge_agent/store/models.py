@@ -70,6 +70,9 @@ class Activation(BaseModel):
     version: str
     manifest_sha256: str
     activated: str
+    # The backend the activating command named (deploy --backend), so that a restart or a
+    # reload loads the version where it was proven to load; None: the configured one.
+    backend: Optional[str] = None
 
     @property
     def ident(self) -> str:
@@ -373,8 +376,20 @@ class ModelStore:
             raise
         _fsync_dir(self.root)
 
-    def set_current(self, sv: StoredVersion) -> None:
-        """Record ``sv`` as current, atomically on disk, at the head of the history."""
+    def activated_backend(self, sv: StoredVersion) -> Optional[str]:
+        """The backend named when ``sv`` was last activated (None: the configured one)."""
+        try:
+            pointer = self._read_pointer()
+        except StoreError:
+            return None
+        for entry in pointer.history if pointer is not None else []:
+            if (entry.name, entry.version) == (sv.name, sv.version):
+                return entry.backend
+        return None
+
+    def set_current(self, sv: StoredVersion, backend: Optional[str] = None) -> None:
+        """Record ``sv`` as current, atomically on disk, at the head of the history; ``backend``:
+        the one its activating command named."""
         with self._lock:
             installed = self._installed(sv.name, sv.version)
             if installed is None or (sv.manifest_sha256 and installed.manifest_sha256 != sv.manifest_sha256):
@@ -389,6 +404,7 @@ class ModelStore:
                 version=installed.version,
                 manifest_sha256=installed.manifest_sha256,
                 activated=utc_now_iso(),
+                backend=backend,
             )
             history = [entry] + [
                 h
