@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import yaml
 
@@ -33,12 +33,24 @@ PREFIX = "edgewatch"
 V1, V2 = "1.0.0", "1.1.0"
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+def holds_within(predicate: Callable[[], Any], timeout: float) -> bool:
+    """Whether ``predicate()`` becomes true within ``timeout`` seconds (polled every 50 ms)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            return False
         time.sleep(0.05)
+    return True
+
+
+def reaches(value: Callable[[], int], n: int) -> Callable[[], bool]:
+    """A predicate: ``value()`` has reached ``n``."""
+    return lambda: value() >= n
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    if not holds_within(predicate, timeout):
+        raise AssertionError(f"timed out waiting for {what}")
 
 
 def publish_bundle(bundle: Path, bucket_uri: str, endpoint_url: str) -> Dict[str, str]:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from edge_agent.mqtt.outbox import Outbox
-from tests.agent_world import AgentProcess, World, make_world
+from tests.agent_world import AgentProcess, World, holds_within, make_world, reaches
 
 from .report import Row
 
@@ -167,19 +167,6 @@ class FaultyAgent(AgentProcess):
             return self.proc.wait(10)
 
 
-def _await(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _reaches(value: Callable[[], int], n: int) -> Callable[[], bool]:
-    return lambda: value() >= n
-
-
 def _assigned(world: World) -> int:
     """The last ``seq`` the (stopped or killed) agent assigned: its outbox's counter."""
     outbox = Outbox(world.root / "store" / "outbox.db", 100000)
@@ -262,7 +249,7 @@ def _scenario(
 
     started = time.time()
     agent.start(_env(notify, stalls[0]))
-    if not _await(lambda: bool(notify.times("READY=1", started)) and detections() >= FRAMES, 60):
+    if not holds_within(lambda: bool(notify.times("READY=1", started)) and detections() >= FRAMES, 60):
         raise AssertionError("the agent never served:\n" + log_tail())
 
     # (a) the accelerator fails mid-run, `failures` times
@@ -270,11 +257,11 @@ def _scenario(
         broke = agent.order(f"fail {k}")
         if broke is None:
             raise AssertionError("the device-call wrapper did not take the order:\n" + log_tail())
-        if _await(_reaches(lambda: len(events("backend_reloaded")), k), 60):
+        if holds_within(reaches(lambda: len(events("backend_reloaded")), k), 60):
             reload_s.append(time.time() - broke)
         else:
             wrong["not reloaded"] += 1
-        if not _await(fresh_after(newest()), 30):
+        if not holds_within(fresh_after(newest()), 30):
             wrong["serving not resumed"] += 1
     failed = [e["in_a_row"] for e in events("inference_failed")]
     wrong["failure not reported"] = max(0, failures - failed.count(1))
@@ -285,7 +272,7 @@ def _scenario(
     pings_healthy = 0
     for k, watchdog_s in enumerate(stalls, start=1):
         since = time.time()
-        if not _await(_reaches(partial(notify.count, "WATCHDOG=1", since), 2), 3 * watchdog_s + 10):
+        if not holds_within(reaches(partial(notify.count, "WATCHDOG=1", since), 2), 3 * watchdog_s + 10):
             wrong["no watchdog while healthy"] += 1
         hung = agent.order(f"hang {k}")
         if hung is None:
@@ -307,11 +294,11 @@ def _scenario(
         served = _assigned(world)  # the last seq the killed agent gave out
         restarted = time.time()
         agent.start(_env(notify, stalls[k] if k < len(stalls) else stalls[-1]))
-        if not _await(_reaches(partial(notify.count, "READY=1", restarted), 1), 60):
+        if not holds_within(reaches(partial(notify.count, "READY=1", restarted), 1), 60):
             wrong["no READY after restart"] += 1
-        if not _await(fresh_after(served), 30):
+        if not holds_within(fresh_after(served), 30):
             wrong["no frames after restart"] += 1
-        if not _await(_reaches(partial(notify.count, "WATCHDOG=1", restarted), 1), 10):
+        if not holds_within(reaches(partial(notify.count, "WATCHDOG=1", restarted), 1), 10):
             wrong["no watchdog after restart"] += 1
 
     if agent.stop() != 0:
@@ -322,7 +309,7 @@ def _scenario(
         return {d["seq"] for d in dash.get("detections")}
 
     assigned = set(range(1, produced + 1))
-    _await(lambda: assigned <= received(), 10)
+    holds_within(lambda: assigned <= received(), 10)
     wrong["seq gaps"] = len(assigned ^ received())
     return {
         "failures": failures,

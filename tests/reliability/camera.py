@@ -35,7 +35,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from edge_agent.config import AgentConfig
 from edge_agent.demo import BUNDLES_DIR
@@ -44,6 +44,7 @@ from edge_agent.service.agent import Agent
 from edge_agent.sources.base import Frame
 from edge_agent.sources.synthetic import SyntheticSource
 from edge_agent.systemd import Notifier
+from tests.agent_world import holds_within, reaches
 from tests.mosquitto import Mosquitto, Subscriber
 
 from .accelerator import NotifySocket
@@ -84,19 +85,6 @@ class PullableCamera(SyntheticSource):
         if not self._in.is_set():
             raise SourceError("usb:0: camera lost (no frame delivered); reopen to retry")
         return super().read()
-
-
-def _reaches(value: Callable[[], int], n: int) -> Callable[[], bool]:
-    return lambda: value() >= n
-
-
-def _await(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @contextmanager
@@ -178,24 +166,24 @@ def run(root: Path, full: bool) -> Row:
         with _agent_log(root / "agent.log"):
             runner = threading.Thread(target=serve, name="reliability-camera-agent", daemon=True)
             runner.start()
-            if not _await(lambda: detections() >= FRAMES_AFTER_RETURN, 60):
+            if not holds_within(lambda: detections() >= FRAMES_AFTER_RETURN, 60):
                 raise AssertionError("the agent never served:\n" + (root / "agent.log").read_text()[-3000:])
             pipeline = agent.pipeline
             assert pipeline is not None
             for i, out_for in enumerate(losses, start=1):
                 camera.pull()
-                if not _await(_reaches(lambda: count("camera_lost"), i), 10):
+                if not holds_within(reaches(lambda: count("camera_lost"), i), 10):
                     wrong["lost not reported"] += 1
                 if pipeline.stats.camera != "lost" or agent._status()["camera"] != "lost":
                     wrong["state wrong"] += 1
                 time.sleep(out_for)  # the outage itself: how long the cable stays out
                 camera.plug()
                 plugged = time.monotonic()
-                if _await(_reaches(lambda: count("camera_restored"), i), RESTORE_LIMIT_S):
+                if holds_within(reaches(lambda: count("camera_restored"), i), RESTORE_LIMIT_S):
                     restore_s.append(time.monotonic() - plugged)
                 else:
                     wrong["no camera_restored"] += 1
-                if not _await(_reaches(detections, detections() + FRAMES_AFTER_RETURN), 30):
+                if not holds_within(reaches(detections, detections() + FRAMES_AFTER_RETURN), 30):
                     wrong["frames after return missing"] += 1
                 if pipeline.stats.camera != "ok" or agent._status()["camera"] != "ok":
                     wrong["state wrong"] += 1

@@ -41,12 +41,12 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Dict, List, Set
 
 import yaml
 
 from edge_agent.mqtt.outbox import Outbox
-from tests.agent_world import World, make_world
+from tests.agent_world import World, holds_within, make_world
 from tests.mosquitto import TcpGate
 
 from .report import Row
@@ -58,15 +58,6 @@ KEEPALIVE_S = 5  # MQTT keepalive of the agent (the smallest the config allows),
 CATCH_UP_LIMIT_S = 120.0  # paho's reconnect backoff reaches 60 s between attempts
 QUICK = {"outage": 3.0, "freeze": 2.0, "restart": 3.0}
 FULL = {"outage": 20.0, "freeze": 15.0, "restart": 10.0}
-
-
-def _await(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _frame_time(detection: Dict[str, Any]) -> float:
@@ -151,7 +142,7 @@ class _Cuts:
             fresh = [seq for seq, t in seqs.items() if t >= back]
             return bool(fresh) and all(seq in seqs for seq in range(1, min(fresh) + 1))
 
-        if _await(done, CATCH_UP_LIMIT_S):
+        if holds_within(done, CATCH_UP_LIMIT_S):
             self.catch_up_s.append(time.time() - back)
         else:
             self.not_caught_up += 1
@@ -168,7 +159,7 @@ def run(root: Path, full: bool) -> Row:
             world.agent.config.write_text(yaml.safe_dump(config))
             cuts = _Cuts(world, gate)
             world.agent.start()
-            if not _await(lambda: len(cuts.detections()) >= FRAMES, 60):
+            if not holds_within(lambda: len(cuts.detections()) >= FRAMES, 60):
                 raise AssertionError("the agent never served:\n" + world.agent.log.read_text()[-3000:])
             cuts.outage(plan["outage"])
             cuts.freeze(plan["freeze"])
@@ -183,7 +174,7 @@ def run(root: Path, full: bool) -> Row:
         finally:
             outbox.close()
         assigned = set(range(1, produced + 1))
-        _await(lambda: assigned <= {d["seq"] for d in cuts.detections()}, 10)
+        holds_within(lambda: assigned <= {d["seq"] for d in cuts.detections()}, 10)
         found = cuts.detections()
     seqs = {d["seq"] for d in found}
     missing = assigned - seqs
