@@ -205,15 +205,19 @@ def test_heartbeat_runs_without_a_model_and_a_first_model_can_be_swapped_in(dete
 
 class WedgedAfter(SyntheticSource):
     """A camera whose driver hangs after ``n`` frames: read() neither returns nor raises until
-    ``release`` is set (a wedged V4L2 or libcamera call)."""
+    ``release`` is set (a wedged V4L2 or libcamera call). ``hung_at``: when it started hanging."""
 
     def __init__(self, n: int) -> None:
         super().__init__("synthetic:9", 160, 120, fps=200)
         self.n = n
         self.release = threading.Event()
+        self.hung = threading.Event()
+        self.hung_at = 0.0
 
     def read(self) -> Optional[Frame]:
-        if self.n <= 0:
+        if self.n <= 0 and not self.release.is_set():
+            self.hung_at = time.monotonic()
+            self.hung.set()
             self.release.wait(30)
         self.n -= 1
         return super().read()
@@ -232,14 +236,14 @@ def test_a_wedged_camera_read_stops_the_watchdog_pings_until_it_returns(detector
         source, mode, out.result, heartbeat=lambda: beats.append(time.monotonic()), wedged_source_s=0.5
     )
     pipe.start(a)
-    wait_for(lambda: len(out.items) >= 5)
-    hung_at = time.monotonic()
+    wait_for(lambda: source.hung.is_set() and len(out.items) >= 1)
     time.sleep(2.5)  # the watch window itself: pings must stop 0.5 s into it
-    late = [t for t in beats if t > hung_at + 1.5]
+    late = [t for t in beats if t > source.hung_at + 1.5]
     assert late == [], f"{len(late)} pings while the camera read hung"
+    processed = len(out.items)
     source.release.set()
-    wait_for(lambda: len(out.items) >= 8)
-    wait_for(lambda: beats[-1] > hung_at + 2.5)  # pinging again once frames flow
+    wait_for(lambda: len(out.items) >= processed + 3)  # frames flow again
+    wait_for(lambda: beats[-1] > source.hung_at + 2.5)  # and so do the pings
     pipe.stop()
 
 
