@@ -98,8 +98,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from .config import dump, load_config
+    from .loading import check_options
 
-    print(dump(load_config(args.config, args.set)), end="")
+    config = load_config(args.config, args.set)
+    check_options(config.detector)
+    print(dump(config), end="")
     return 0
 
 

@@ -51,6 +51,9 @@ class DetectorConfig(Section):
     backend: str = "auto"
     device: Optional[str] = None
     threads: Optional[int] = Field(None, gt=0)
+    # Backend-specific settings (e.g. openvino num_requests, performance_hint), validated by the
+    # chosen backend's own options model when the agent starts (edge_agent.loading.check_options).
+    options: Dict[str, Any] = Field(default_factory=dict)
     score_threshold: Optional[float] = Field(None, ge=0, le=1)
     iou_threshold: Optional[float] = Field(None, ge=0, le=1)
     labels: Optional[List[str]] = None

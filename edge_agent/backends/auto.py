@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from ..bundle import Bundle
 from ..errors import BackendError, BackendUnavailable
@@ -75,7 +75,12 @@ def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str
     return out
 
 
-def choose(bundle: Bundle, threads: Optional[int] = None, strict: bool = False) -> Choice:
+def choose(
+    bundle: Bundle,
+    threads: Optional[int] = None,
+    strict: bool = False,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Choice:
     """The first candidate that loads. ``strict`` (a deploy): only a missing runtime or device
     moves on to the next; an artifact that does not load on an available backend is a broken
     model, and a fallback to another artifact would hide it (SPEC §6.2)."""
@@ -86,7 +91,7 @@ def choose(bundle: Bundle, threads: Optional[int] = None, strict: bool = False) 
             reasons.append(f"{label}: {skip}")
             log.info("auto: skipping %s: %s", label, skip)
             continue
-        backend = registry.create(name, device=device, threads=threads)
+        backend = registry.create(name, device=device, threads=threads, options=options)
         try:
             backend.load(bundle)
         except BackendError as e:

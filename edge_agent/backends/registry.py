@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Dict, List, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Type
+
+from pydantic import ValidationError
 
 from ..errors import BackendError
 from .base import Backend, BackendOptions
@@ -57,12 +59,29 @@ def backend_class(name: str) -> Type[Backend]:
     return cls
 
 
+def option_names(cls: Type[Backend]) -> List[str]:
+    """The backend-specific settings a backend class takes (``detector.options``)."""
+    return sorted(set(cls.Options.model_fields) - set(BackendOptions.model_fields))
+
+
 def create(
-    name: str, device: Optional[str] = None, threads: Optional[int] = None, **extra: object
+    name: str,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    options: Optional[Mapping[str, Any]] = None,
 ) -> Backend:
+    """A backend with its options model built from ``device``, ``threads`` and those of
+    ``options`` (``detector.options``) that this backend takes: the configuration is checked as
+    a whole at start (``edge_agent.loading.check_options``), and under ``auto`` each candidate
+    takes only its own."""
     cls = backend_class(name)
+    own = {k: v for k, v in (options or {}).items() if k in option_names(cls)}
     try:
-        options: BackendOptions = cls.Options(device=device, threads=threads, **extra)
-    except Exception as e:
-        raise BackendError(f"backend {name}: bad options: {e}") from None
-    return cls(options)
+        built: BackendOptions = cls.Options(device=device, threads=threads, **own)
+    except ValidationError as e:
+        raise BackendError(f"backend {name}: bad options: {_describe(e)}") from e
+    return cls(built)
+
+
+def _describe(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())

@@ -28,7 +28,7 @@ from ..config import AgentConfig, ConfigError
 from ..detector import Detector, Thresholds
 from ..errors import BackendUnavailable, EdgewatchError
 from ..http_view import HttpView
-from ..loading import open_detector
+from ..loading import check_options, open_detector
 from ..messages import DetectionMessage, utc_now_iso
 from ..mqtt.link import MqttLink
 from ..mqtt.outbox import Outbox
@@ -89,6 +89,7 @@ class Agent:
 
     def _start(self) -> None:
         cfg = self.config
+        check_options(cfg.detector)
         root = Path(cfg.store.dir)
         self.store = ModelStore(root, cfg.store.keep_versions, int(cfg.store.max_bundle_mb * 1024 * 1024))
         for line in self.store.recover():
@@ -221,7 +222,14 @@ class Agent:
         device = d.device if name == d.backend else None
         try:
             detector, reasons = open_detector(
-                str(bundle_dir), name, device, d.threads, self._thresholds(), verify=verify, strict=strict
+                str(bundle_dir),
+                name,
+                device,
+                d.threads,
+                self._thresholds(),
+                verify=verify,
+                strict=strict,
+                options=d.options,
             )
         except BackendUnavailable as e:
             if name == "auto":
@@ -230,7 +238,14 @@ class Agent:
             # whatever auto finds, and say so. A model that does not load is no reason to.
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
             detector, reasons = open_detector(
-                str(bundle_dir), "auto", None, d.threads, self._thresholds(), verify=verify, strict=strict
+                str(bundle_dir),
+                "auto",
+                None,
+                d.threads,
+                self._thresholds(),
+                verify=verify,
+                strict=strict,
+                options=d.options,
             )
             reasons = [f"{name}: {e}", *reasons]
         fallbacks = [r for r in reasons if is_fallback(r)]
@@ -253,7 +268,14 @@ class Agent:
         else:
             name, device = backend, (d.device if backend == d.backend else None)
         detector, _ = open_detector(
-            str(bundle_dir), name, device, d.threads, self._thresholds(), verify=False, strict=True
+            str(bundle_dir),
+            name,
+            device,
+            d.threads,
+            self._thresholds(),
+            verify=False,
+            strict=True,
+            options=d.options,
         )
         return detector
 

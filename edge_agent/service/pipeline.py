@@ -63,7 +63,19 @@ class FrameBuffer:
         self._frames: Deque[Frame] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
-        self.dropped = 0
+        self._dropped = 0  # the one count of frames never processed (/metrics, status)
+
+    @property
+    def dropped(self) -> int:
+        with self._cond:
+            return self._dropped
+
+    def discard(self) -> None:
+        """Drop what waits (``live`` mode while paused or without a model), counting it."""
+        with self._cond:
+            self._dropped += len(self._frames)
+            self._frames.clear()
+            self._cond.notify_all()
 
     def put(self, frame: Frame) -> bool:
         """False once the buffer is closed (the pipeline is stopping)."""
@@ -71,7 +83,7 @@ class FrameBuffer:
             if self.mode == "live":
                 if self._frames:
                     self._frames.popleft()
-                    self.dropped += 1
+                    self._dropped += 1
             else:
                 while len(self._frames) >= self.capacity and not self._closed:
                     self._cond.wait(0.5)
@@ -105,9 +117,9 @@ class FrameBuffer:
 class Stats:
     """Measured by the pipeline, read by status messages, /metrics and STATUS=."""
 
+    buffer: Optional[FrameBuffer] = None  # whose count of dropped frames this reports
     captured: int = 0
     processed: int = 0
-    dropped: int = 0
     fps: float = 0.0
     inference_ms: float = 0.0
     camera: str = "ok"  # ok | lost
@@ -125,6 +137,10 @@ class Stats:
         w = self._window
         if len(w) >= 2 and now - w[0] > 0:
             self.fps = (len(w) - 1) / (now - w[0])
+
+    @property
+    def dropped(self) -> int:
+        return self.buffer.dropped if self.buffer is not None else 0
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -179,9 +195,9 @@ class Pipeline:
         self._source_call_since: Optional[float] = None
         self._wedged_said = False
         self._failures = 0  # frames failed in a row
-        self.stats = Stats()
         self.detector: Optional[Detector] = None
         self.buffer = FrameBuffer(mode)
+        self.stats = Stats(self.buffer)
         self.ended = threading.Event()  # a finite source (file, image folder) ran out
         self._results: queue.Queue[Optional[Processed]] = queue.Queue(maxsize=256)
         self._stop = threading.Event()
@@ -287,7 +303,6 @@ class Pipeline:
             self.stats.captured += 1
             if not self.buffer.put(frame):
                 return
-            self.stats.dropped = self.buffer.dropped
 
     @contextlib.contextmanager
     def _source_call(self) -> Iterator[None]:
@@ -340,9 +355,7 @@ class Pipeline:
                     self._drain(inflight)
                     if self.mode == "live":
                         # keep the newest frame fresh: discard what arrives while idle
-                        while self.buffer.get(0) is not None:
-                            self.buffer.dropped += 1
-                        self.stats.dropped = self.buffer.dropped
+                        self.buffer.discard()
                     self._stop.wait(0.05)
                     continue
                 frame = self.buffer.get(0 if inflight else 0.2)
