@@ -163,18 +163,19 @@ def final(sub: Subscriber, cid: str, timeout: float = 60) -> dict:
     return next(r for r in results(sub, cid) if r["status"] in done)
 
 
+def broken_tflite(tmp_path: Path) -> Path:
+    """Demo 1.1.0 as 1.2.0 with garbage (correctly hashed) for its TFLite file; its ONNX loads."""
+    replace = {"model_int8.tflite": b"garbage"}
+    return variant(BUNDLES_DIR / "shapes-1.1.0", tmp_path / "broken", version="1.2.0", replace=replace)
+
+
 def test_a_deploy_whose_artifact_does_not_load_on_the_serving_backend_fails_at_loading(
     mosquitto: Mosquitto, mqtt_subscriber: Any, tmp_path: Path
 ) -> None:
     """A fallback is for a missing accelerator, never for a broken model: garbage in the
     serving backend's artifact (correctly hashed) fails the deploy even though the bundle's ONNX
     file would load; the same bundle deploys when the command names the backend it runs on."""
-    broken = variant(
-        BUNDLES_DIR / "shapes-1.1.0",
-        tmp_path / "broken",
-        version="1.2.0",
-        replace={"model_int8.tflite": b"garbage"},
-    )
+    broken = broken_tflite(tmp_path)
     sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
     agent = make_agent(mosquitto, tmp_path / "store")
     threading.Thread(target=agent.run, daemon=True).start()
@@ -228,12 +229,7 @@ def test_a_first_deploy_on_auto_fails_at_loading_when_an_available_backends_arti
 ) -> None:
     """Nothing serves yet and detector.backend is auto (the default): tflite is available and its
     artifact is garbage, so the deploy fails; auto does not skip to the ONNX file."""
-    broken = variant(
-        BUNDLES_DIR / "shapes-1.1.0",
-        tmp_path / "broken",
-        version="1.2.0",
-        replace={"model_int8.tflite": b"junk"},
-    )
+    broken = broken_tflite(tmp_path)
     sub = mqtt_subscriber(mosquitto, ["edgewatch/pi-agent/#"])
     agent = make_agent(mosquitto, tmp_path / "store", model={"bundle": None}, detector={"backend": "auto"})
     threading.Thread(target=agent.run, daemon=True).start()

@@ -208,6 +208,26 @@ class Agent:
         if detector is not None:
             detector.set_thresholds(self._thresholds())
 
+    def _load(
+        self, bundle_dir: Path, name: str, verify: bool, strict: bool, device: Optional[str] = None
+    ) -> Tuple[Detector, List[str]]:
+        """``open_detector`` with this device's settings: on ``name`` and ``device`` (default: the
+        configured device when ``name`` is the configured backend), the configured threads,
+        thresholds and options."""
+        d = self.config.detector
+        if device is None and name == d.backend:
+            device = d.device
+        return open_detector(
+            str(bundle_dir),
+            name,
+            device,
+            d.threads,
+            self._thresholds(),
+            verify=verify,
+            strict=strict,
+            options=d.options,
+        )
+
     def _open(
         self, bundle_dir: Path, backend: Optional[str], verify: bool = False, strict: bool = False
     ) -> Detector:
@@ -217,36 +237,16 @@ class Agent:
         missing runtime or device, never past an artifact that does not load). The store
         verified the files (``recover`` at start, the deploy's verifying stage, a rollback's
         check), so they are hashed again only on request: a 200 MB bundle costs a Pi seconds."""
-        d = self.config.detector
-        name = backend or d.backend
-        device = d.device if name == d.backend else None
+        name = backend or self.config.detector.backend
         try:
-            detector, reasons = open_detector(
-                str(bundle_dir),
-                name,
-                device,
-                d.threads,
-                self._thresholds(),
-                verify=verify,
-                strict=strict,
-                options=d.options,
-            )
+            detector, reasons = self._load(bundle_dir, name, verify, strict)
         except BackendUnavailable as e:
             if name == "auto":
                 raise
             # The configured accelerator is missing (unplugged Coral, no NCS2): keep serving on
             # whatever auto finds, and say so. A model that does not load is no reason to.
             log.warning("backend %s unavailable (%s); falling back to auto", name, e)
-            detector, reasons = open_detector(
-                str(bundle_dir),
-                "auto",
-                None,
-                d.threads,
-                self._thresholds(),
-                verify=verify,
-                strict=strict,
-                options=d.options,
-            )
+            detector, reasons = self._load(bundle_dir, "auto", verify, strict)
             reasons = [f"{name}: {e}", *reasons]
         fallbacks = [r for r in reasons if is_fallback(r)]
         if fallbacks:
@@ -261,23 +261,11 @@ class Agent:
         serving = self.switch.serving
         if backend is None and serving is None:
             return self._open(bundle_dir, None, strict=True)
-        d = self.config.detector
-        if backend is None:
-            assert serving is not None
-            name, device = serving.backend.name, serving.backend.options.device
-        else:
-            name, device = backend, (d.device if backend == d.backend else None)
-        detector, _ = open_detector(
-            str(bundle_dir),
-            name,
-            device,
-            d.threads,
-            self._thresholds(),
-            verify=False,
-            strict=True,
-            options=d.options,
-        )
-        return detector
+        if backend is not None:
+            return self._load(bundle_dir, backend, verify=False, strict=True)[0]
+        assert serving is not None
+        name, device = serving.backend.name, serving.backend.options.device
+        return self._load(bundle_dir, name, verify=False, strict=True, device=device)[0]
 
     def _open_warm(self, sv: StoredVersion, verify: bool) -> Detector:
         """An installed version with its first inference done: on the backend the deploy that

@@ -36,7 +36,7 @@ def _key(root: Path, name: str) -> Path:
     return path
 
 
-def _signed(world: World, doc: Dict[str, Any], key: Path) -> Dict[str, Any]:
+def _signed(doc: Dict[str, Any], key: Path) -> Dict[str, Any]:
     return sign_envelope(doc, load_private_key(key))
 
 
@@ -51,17 +51,17 @@ def unsigned(world: World, root: Path) -> Dict[str, Any]:
 
 
 def stranger(world: World, root: Path) -> Dict[str, Any]:
-    return _signed(world, _pause(), _key(root, "stranger"))
+    return _signed(_pause(), _key(root, "stranger"))
 
 
 def release_key(world: World, root: Path) -> Dict[str, Any]:
     """Signed by the key that signs models: it must not command the device."""
-    return _signed(world, _pause(), root / "release.key")
+    return _signed(_pause(), root / "release.key")
 
 
 def tampered(world: World, root: Path) -> Dict[str, Any]:
     doc = _signed(
-        world, new_command("deploy", DEVICE, {"manifest": "file:///x/manifest.json"}), world.root / "op.key"
+        new_command("deploy", DEVICE, {"manifest": "file:///x/manifest.json"}), world.root / "op.key"
     )
     doc["args"] = {"manifest": (world.bundles[V2] / "manifest.json").as_uri()}
     return doc
@@ -74,23 +74,23 @@ def garbage_signature(world: World, root: Path) -> Dict[str, Any]:
 def expired(world: World, root: Path) -> Dict[str, Any]:
     doc = _pause()
     doc["expires"] = utc_now_iso(time.time() - 5)
-    return _signed(world, doc, world.root / "op.key")
+    return _signed(doc, world.root / "op.key")
 
 
 def too_old(world: World, root: Path) -> Dict[str, Any]:
-    return _signed(world, _pause(ts=utc_now_iso(time.time() - 3600)), world.root / "op.key")
+    return _signed(_pause(ts=utc_now_iso(time.time() - 3600)), world.root / "op.key")
 
 
 def from_the_future(world: World, root: Path) -> Dict[str, Any]:
-    return _signed(world, _pause(ts=utc_now_iso(time.time() + 3600)), world.root / "op.key")
+    return _signed(_pause(ts=utc_now_iso(time.time() + 3600)), world.root / "op.key")
 
 
 def other_device(world: World, root: Path) -> Dict[str, Any]:
-    return _signed(world, _pause(target="pi-other"), world.root / "op.key")
+    return _signed(_pause(target="pi-other"), world.root / "op.key")
 
 
 def other_group(world: World, root: Path) -> Dict[str, Any]:
-    return _signed(world, _pause(target="kitchen"), world.root / "op.key")
+    return _signed(_pause(target="kitchen"), world.root / "op.key")
 
 
 FORGERIES: List[Tuple[str, Forge]] = [
@@ -121,7 +121,7 @@ def run(root: Path, full: bool) -> Row:
         world.agent.start()
         world.serving(V1)
         # One real command, obeyed, to replay later.
-        genuine = _signed(world, new_command("status", DEVICE, {}), world.root / "op.key")
+        genuine = _signed(new_command("status", DEVICE, {}), world.root / "op.key")
         world.publish_command(json.dumps(genuine).encode())
         world.final(genuine["id"])
         payloads: List[Tuple[str, Dict[str, Any]]] = []
