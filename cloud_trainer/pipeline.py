@@ -28,13 +28,6 @@ from .train import RunInfo, load_model
 log = logging.getLogger(__name__)
 
 # How each artifact runtime is run on this machine for its check: (backend, device).
-CHECK_WITH: Dict[str, Tuple[str, Optional[str]]] = {
-    "tflite": ("tflite", None),
-    "openvino": ("openvino", "CPU"),
-    "onnx": ("onnx", None),
-    "edgetpu": ("coral", None),
-    "opencv": ("opencv", None),
-}
 PRECISION = {"tflite": "int8", "edgetpu": "int8", "openvino": "fp16", "onnx": "fp32"}
 
 
@@ -65,8 +58,8 @@ def float_detector(info: RunInfo, model: Any, where: str) -> Detector:
 
 def artifact_detector(bundle_dir: Path, runtime: str) -> Detector:
     bundle = load_bundle(bundle_dir, runtimes=[runtime])
-    name, device = CHECK_WITH[runtime]
-    backend: Backend = registry.create(name, device=device)
+    native = registry.native_backend(runtime)
+    backend: Backend = registry.create(native.name, device=native.check_device)
     backend.load(bundle)
     detector = Detector(bundle.manifest, backend, where=str(bundle_dir / MANIFEST))
     detector.warm()  # output shapes checked against the decoder

@@ -13,7 +13,7 @@ import cv2
 
 from . import __version__
 from .backends import registry
-from .backends.auto import ARTIFACT_OF, plan
+from .backends.auto import plan
 from .bundle import load_bundle
 from .cli_support import run as run_cli
 from .detector import Thresholds
@@ -63,7 +63,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.bundle:
         runtimes: List[str] = [a.runtime for a in load_bundle(args.bundle, verify=False).manifest.artifacts]
     else:
-        runtimes = sorted({r for rs in ARTIFACT_OF.values() for r in rs})
+        runtimes = registry.artifact_runtimes()
         out["assumed_artifacts"] = runtimes
     steps = plan(runtimes)
     pick = next(((n, d) for n, d, skip in steps if not skip), None)

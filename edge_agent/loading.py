@@ -15,14 +15,6 @@ from .config import ConfigError, DetectorConfig
 from .detector import Detector, Thresholds
 from .errors import BackendError, EdgewatchError
 
-ARTIFACT_RUNTIMES = {
-    "tflite": ["tflite"],
-    "coral": ["edgetpu"],
-    "openvino": ["openvino", "onnx"],
-    "onnx": ["onnx"],
-    "opencv": ["opencv", "onnx"],
-}
-
 
 def check_options(detector: DetectorConfig) -> None:
     """``detector.options`` against the configured backend's own options model (under ``auto``,
@@ -66,7 +58,8 @@ def open_detector(
     ``verify=False`` skips hashing the files, for a caller that has just verified them;
     ``strict``: auto falls back only past a missing runtime or device (see ``choose``);
     ``options``: ``detector.options``, each backend taking its own."""
-    bundle: Bundle = load_bundle(bundle_dir, runtimes=ARTIFACT_RUNTIMES.get(backend), verify=verify)
+    runtimes = None if backend == "auto" else list(registry.backend_class(backend).runtimes)
+    bundle: Bundle = load_bundle(bundle_dir, runtimes=runtimes, verify=verify)
     reasons: List[str] = []
     be: Backend
     if backend == "auto":

@@ -305,3 +305,73 @@ def test_openvino_keeps_several_requests_in_flight(shapes_bundle: Path) -> None:
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, atol=1e-6)
     assert not np.allclose(expected[0], expected[1])  # different frames, different outputs
+
+
+def test_what_runs_what_is_declared_once_by_each_backend_class() -> None:
+    """auto, the loader, `devices` and the trainer read the classes: no table disagrees."""
+    classes = {cls.name: cls for cls in registry.loadable_classes()}
+    order = [(cls.name, device) for cls, device in registry.auto_order()]
+    assert order == [
+        ("coral", None),
+        ("openvino", "MYRIAD"),
+        ("tflite", None),
+        ("openvino", "CPU"),
+        ("onnx", None),
+        ("opencv", None),
+    ]
+    assert registry.artifact_runtimes() == ["edgetpu", "onnx", "opencv", "openvino", "tflite"]
+    assert {r: registry.native_backend(r).name for r in registry.artifact_runtimes()} == {
+        "edgetpu": "coral",
+        "onnx": "onnx",
+        "opencv": "opencv",
+        "openvino": "openvino",
+        "tflite": "tflite",
+    }
+    assert registry.native_backend("openvino").check_device == "CPU"
+    # auto offers an ONNX-only bundle to every backend that declares onnx, openvino included
+    onnx_takers = [n for n, _, why in plan(["onnx"]) if not why.startswith("the bundle has no")]
+    assert onnx_takers == [n for n, _ in order if "onnx" in classes[n].runtimes]
+    with pytest.raises(BackendError, match="no backend runs 'hef' artifacts natively"):
+        registry.native_backend("hef")
+
+
+def test_a_plugin_joins_auto_through_its_own_class(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A new backend is one module plus its registration: its auto place and runtimes come with it."""
+    (tmp_path / "edgewatch_slot_plugin.py").write_text(
+        "from edge_agent.backends.base import AutoSlot\n"
+        "from edge_agent.backends.onnx import ONNXBackend\n"
+        "class NPUBackend(ONNXBackend):\n"
+        "    name = 'npu'\n"
+        "    runtimes = ('npu', 'onnx')\n"
+        "    auto_slots = (AutoSlot(5, 'NPU0'),)\n"
+    )
+    dist = tmp_path / "edgewatch_slot_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-slot-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgewatch.backends]\nnpu = edgewatch_slot_plugin:NPUBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert [(c.name, d) for c, d in registry.auto_order()][0] == ("npu", "NPU0")
+        assert "npu" in registry.artifact_runtimes()
+        assert registry.native_backend("npu").name == "npu"
+        first = plan(["onnx"])[0]
+        assert first[:2] == ("npu", "NPU0") and first[2] != ""  # tried first; its probe decides
+    finally:
+        sys.modules.pop("edgewatch_slot_plugin", None)
+
+
+def test_a_plugin_registered_under_another_name_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "edgewatch_misnamed.py").write_text(
+        "from edge_agent.backends.onnx import ONNXBackend\nclass X(ONNXBackend):\n    name = 'x'\n"
+    )
+    dist = tmp_path / "edgewatch_misnamed-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-misnamed\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgewatch.backends]\ny = edgewatch_misnamed:X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(BackendError, match="calls itself 'x'"):
+            registry.backend_class("y")
+        assert "y" not in [c.name for c in registry.loadable_classes()]
+    finally:
+        sys.modules.pop("edgewatch_misnamed", None)

@@ -1,7 +1,8 @@
 """``backend: auto`` (SPEC §3): the fastest backend this machine and this bundle allow.
 
 Order: coral (an EdgeTPU attached and an edgetpu artifact), openvino on MYRIAD (an NCS2),
-tflite, openvino on CPU, then onnx and opencv as last resorts. Each candidate is tried for
+tflite, openvino on CPU, then onnx and opencv as last resorts: each backend class declares its
+places (``Backend.auto_slots``) and the artifacts it loads (``Backend.runtimes``). Each candidate is tried for
 real (loaded); every choice and every fallback is logged with its reason and returned, so the
 service can publish a ``backend_fallback`` event.
 """
@@ -18,23 +19,6 @@ from . import registry
 from .base import Backend
 
 log = logging.getLogger(__name__)
-
-CANDIDATES: Tuple[Tuple[str, Optional[str]], ...] = (
-    ("coral", None),
-    ("openvino", "MYRIAD"),
-    ("tflite", None),
-    ("openvino", "CPU"),
-    ("onnx", None),
-    ("opencv", None),
-)
-ARTIFACT_OF = {
-    "coral": ("edgetpu",),
-    "tflite": ("tflite",),
-    "openvino": ("openvino",),
-    "onnx": ("onnx",),
-    "opencv": ("opencv", "onnx"),
-}
-
 
 NO_ARTIFACT = "the bundle has no "
 
@@ -57,12 +41,12 @@ def plan(artifact_runtimes: Iterable[str]) -> List[Tuple[str, Optional[str], str
     artifacts of ``artifact_runtimes``, without loading anything."""
     have = set(artifact_runtimes)
     out = []
-    for name, device in CANDIDATES:
-        wanted = ARTIFACT_OF[name]
+    for cls, device in registry.auto_order():
+        name, wanted = cls.name, cls.runtimes
         if not have.intersection(wanted):
             out.append((name, device, f"{NO_ARTIFACT}{'/'.join(wanted)} artifact"))
             continue
-        probe = registry.backend_class(name).probe()
+        probe = cls.probe()
         if not probe.available:
             out.append((name, device, probe.reason))
         elif device and device not in probe.devices:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Type
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -66,11 +66,30 @@ class _Done(Pending):
         return self._outputs
 
 
+class AutoSlot(NamedTuple):
+    """One place of a backend in ``auto``'s order (SPEC §3): lower ``rank`` is tried first;
+    ``device`` is the device it is tried on there (None: the backend's own default)."""
+
+    rank: int
+    device: Optional[str] = None
+
+
 class Backend(abc.ABC):
+    """What a backend declares about itself is declared here, once: everything else (``auto``,
+    ``edge-agent devices``, the loader, the trainer's artifact checks) asks the class."""
+
     name: ClassVar[str]
-    # Artifact runtimes this backend can load, in order of preference.
+    # Artifact runtimes (manifest ``artifacts[].runtime``) this backend can load, in order of
+    # preference; the first is the one it is the native runtime of (the trainer checks an
+    # artifact of that runtime with this backend).
     runtimes: ClassVar[Sequence[str]]
     Options: ClassVar[Type[BackendOptions]] = BackendOptions
+    # Where ``auto`` tries it; empty (a plugin's default): ``auto`` never picks it, only an
+    # explicit ``detector.backend`` does.
+    auto_slots: ClassVar[Sequence[AutoSlot]] = ()
+    # The device the trainer checks this backend's native artifacts on, on a build machine
+    # without accelerators (None: the backend's default).
+    check_device: ClassVar[Optional[str]] = None
 
     def __init__(self, options: Optional[BackendOptions] = None, **kwargs: Any):
         self.options = options if options is not None else self.Options(**kwargs)

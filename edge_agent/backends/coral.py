@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 from ..errors import BackendError, BackendUnavailable
 from . import litert
-from .base import Probe
+from .base import AutoSlot, Probe
 from .imports import captured_stderr
 from .tflite import TFLiteBackend
 
@@ -97,6 +97,7 @@ def load_delegate(options: Dict[str, str]) -> Any:
 class CoralBackend(TFLiteBackend):
     name: ClassVar[str] = "coral"
     runtimes: ClassVar[Sequence[str]] = ("edgetpu",)
+    auto_slots: ClassVar[Sequence[AutoSlot]] = (AutoSlot(10),)
 
     @classmethod
     def probe(cls) -> Probe:

@@ -10,7 +10,7 @@ from ..bundle import Artifact, Bundle
 from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
-from .base import Backend, Probe, wrap_outputs
+from .base import AutoSlot, Backend, Probe, wrap_outputs
 from .imports import import_runtime
 
 ORT_DTYPES = {
@@ -42,6 +42,7 @@ def provider_for(device: str, available: List[str]) -> str:
 class ONNXBackend(Backend):
     name: ClassVar[str] = "onnx"
     runtimes: ClassVar[Sequence[str]] = ("onnx",)
+    auto_slots: ClassVar[Sequence[AutoSlot]] = (AutoSlot(50),)
 
     @classmethod
     def probe(cls) -> Probe:

@@ -22,7 +22,7 @@ from ..bundle import Artifact, Bundle
 from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
-from .base import Backend, Probe, wrap_outputs
+from .base import AutoSlot, Backend, Probe, wrap_outputs
 from .imports import import_runtime
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def _darknet_input(cfg: Path) -> Tuple[int, int, int]:
 class OpenCVBackend(Backend):
     name: ClassVar[str] = "opencv"
     runtimes: ClassVar[Sequence[str]] = ("opencv", "onnx")
+    auto_slots: ClassVar[Sequence[AutoSlot]] = (AutoSlot(60),)
 
     @classmethod
     def probe(cls) -> Probe:

@@ -16,7 +16,7 @@ from ..bundle import Artifact, Bundle
 from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from ..preprocess import TensorSpec
-from .base import Backend, BackendOptions, Pending, Probe, wrap_outputs
+from .base import AutoSlot, Backend, BackendOptions, Pending, Probe, wrap_outputs
 from .imports import import_runtime
 
 ELEMENT_DTYPES = {
@@ -67,6 +67,8 @@ class _Request(Pending):
 class OpenVINOBackend(Backend):
     name: ClassVar[str] = "openvino"
     runtimes: ClassVar[Sequence[str]] = ("openvino", "onnx")
+    auto_slots: ClassVar[Sequence[AutoSlot]] = (AutoSlot(20, "MYRIAD"), AutoSlot(40, "CPU"))
+    check_device: ClassVar[Optional[str]] = "CPU"
     Options: ClassVar[Type[BackendOptions]] = OpenVINOOptions
 
     @classmethod

@@ -1,12 +1,14 @@
-"""Backends by name: the built-in ones and third-party plugins registered under the
-``edgewatch.backends`` entry-point group (a plugin is a Backend subclass)."""
+"""Backends by name: the built-in ones (``BUILTIN``, their one registration) and third-party
+plugins registered under the ``edgewatch.backends`` entry-point group (a plugin is a Backend
+subclass). What a backend runs, and where ``auto`` tries it, the class itself declares
+(``Backend.runtimes``, ``auto_slots``, ``check_device``); this module only finds classes."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from pydantic import ValidationError
 
@@ -16,6 +18,8 @@ from .base import Backend, BackendOptions
 log = logging.getLogger(__name__)
 
 GROUP = "edgewatch.backends"
+# The built-in backends' one registration (not also entry points: the registry must find them
+# in a source checkout that was never pip-installed, and a plugin must not replace them).
 BUILTIN = {
     "tflite": "edge_agent.backends.tflite:TFLiteBackend",
     "coral": "edge_agent.backends.coral:CoralBackend",
@@ -56,7 +60,46 @@ def backend_class(name: str) -> Type[Backend]:
         raise BackendError(f"backend {name!r} ({target}) cannot be imported: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend {name!r} ({target}) is not an edge_agent Backend subclass")
+    if cls.name != name:
+        raise BackendError(
+            f"backend {name!r} ({target}) calls itself {cls.name!r}: register it under that name"
+        )
     return cls
+
+
+def loadable_classes() -> List[Type[Backend]]:
+    """Every registered backend class that imports (a plugin that does not is logged and left
+    out: discovery must not fail because of one broken plugin)."""
+    out = []
+    for name in available_names():
+        try:
+            out.append(backend_class(name))
+        except BackendError as e:
+            log.warning("%s", e)
+    return out
+
+
+def artifact_runtimes() -> List[str]:
+    """Every artifact runtime some registered backend loads."""
+    return sorted({r for cls in loadable_classes() for r in cls.runtimes})
+
+
+def auto_order() -> List[Tuple[Type[Backend], Optional[str]]]:
+    """``auto``'s candidates, (backend class, device), in the order the classes' ``auto_slots``
+    give (ties: by name)."""
+    slots = [(slot.rank, cls.name, slot.device, cls) for cls in loadable_classes() for slot in cls.auto_slots]
+    return [(cls, device) for _, _, device, cls in sorted(slots, key=lambda s: (s[0], s[1]))]
+
+
+def native_backend(runtime: str) -> Type[Backend]:
+    """The backend an artifact runtime is native to (the first of its ``runtimes``): the one the
+    trainer checks an exported artifact with."""
+    for cls in loadable_classes():
+        if cls.runtimes and cls.runtimes[0] == runtime:
+            return cls
+    raise BackendError(
+        f"no backend runs {runtime!r} artifacts natively (known: {', '.join(artifact_runtimes())})"
+    )
 
 
 def option_names(cls: Type[Backend]) -> List[str]:

@@ -10,7 +10,7 @@ from ..bundle import Artifact, Bundle
 from ..decoders.base import OutputTensor
 from ..errors import BackendError, BackendUnavailable
 from . import litert
-from .base import Backend, BackendOptions, Probe, wrap_outputs
+from .base import AutoSlot, Backend, BackendOptions, Probe, wrap_outputs
 
 
 class TFLiteOptions(BackendOptions):
@@ -21,6 +21,7 @@ class TFLiteOptions(BackendOptions):
 class TFLiteBackend(Backend):
     name: ClassVar[str] = "tflite"
     runtimes: ClassVar[Sequence[str]] = ("tflite",)
+    auto_slots: ClassVar[Sequence[AutoSlot]] = (AutoSlot(30),)
     Options: ClassVar[Type[BackendOptions]] = TFLiteOptions
 
     @classmethod
