@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import EdgewatchError
+from .settings import LabelFilter, MaxRate, PublishMode, Threshold
 
 DEFAULT_PATH = Path("/etc/edge-agent/config.yaml")
 ENV_PREFIX = "EDGE_AGENT__"
@@ -54,9 +55,10 @@ class DetectorConfig(Section):
     # Backend-specific settings (e.g. openvino num_requests, performance_hint), validated by the
     # chosen backend's own options model when the agent starts (edge_agent.loading.check_options).
     options: Dict[str, Any] = Field(default_factory=dict)
-    score_threshold: Optional[float] = Field(None, ge=0, le=1)
-    iou_threshold: Optional[float] = Field(None, ge=0, le=1)
-    labels: Optional[List[str]] = None
+    # runtime settings (edge_agent.settings: the `set` command changes them while it runs)
+    score_threshold: Threshold = None
+    iou_threshold: Threshold = None
+    labels: LabelFilter = None
 
 
 class ModelConfig(Section):
@@ -111,8 +113,9 @@ class MQTTConfig(Section):
 
 
 class PublishConfig(Section):
-    mode: Literal["all", "detections", "changes"] = "detections"
-    max_rate_hz: Optional[float] = Field(None, gt=0)
+    # runtime settings (edge_agent.settings: the `set` command changes them while it runs)
+    mode: PublishMode = "detections"
+    max_rate_hz: MaxRate = None
     snapshots: bool = False
 
 

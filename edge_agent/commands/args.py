@@ -7,12 +7,13 @@ boolean, and unknown arguments are refused rather than ignored.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, Optional, Type
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..bundle.manifest import SEMVER_RE, SHA256_RE, check_plain_file_name
+from ..settings import Settings
 
 MANIFEST_SCHEMES = ("s3", "https", "http", "file")
 FILE_URL_SCHEMES = ("https", "http")
@@ -92,27 +93,27 @@ class RollbackArgs(CommandArgs):
         return v
 
 
-class SetArgs(CommandArgs):
-    """Runtime settings; at least one. ``labels``: publish only these labels."""
+class SetArgs(Settings, CommandArgs):
+    """Runtime settings (``edge_agent.settings.Settings``), at least one; a null is the same as
+    leaving the key out. ``changes()`` is what was given."""
 
-    score_threshold: Optional[float] = Field(None, ge=0, le=1)
-    iou_threshold: Optional[float] = Field(None, ge=0, le=1)
-    labels: Optional[List[str]] = None
-    publish_mode: Optional[Literal["all", "detections", "changes"]] = None
-    max_rate_hz: Optional[float] = Field(None, gt=0)
+    model_config = CommandArgs.model_config
 
-    @field_validator("labels")
+    @model_validator(mode="before")
     @classmethod
-    def _labels(cls, v: Optional[List[str]]) -> Optional[List[str]]:
-        if v is not None and any(not label.strip() for label in v):
-            raise ValueError("labels cannot be empty strings")
-        return v
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
     @model_validator(mode="after")
     def _at_least_one(self) -> SetArgs:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
+        if not self.model_fields_set:
             raise ValueError("give at least one of: " + ", ".join(type(self).model_fields))
         return self
+
+    def changes(self) -> Dict[str, Any]:
+        return self.model_dump(include=self.model_fields_set)
 
 
 class NoArgs(CommandArgs):

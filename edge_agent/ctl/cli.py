@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -21,9 +21,10 @@ from paho.mqtt.properties import Properties
 from .. import __version__
 from ..bundle.signing import load_private_key, write_keypair
 from ..cli_support import run as run_cli
-from ..commands.args import SetArgs, parse_args
+from ..commands.args import parse_args
 from ..commands.envelope import canonical_json, new_command, sign_envelope
 from ..errors import EdgewatchError
+from ..settings import Settings, parse_setting
 from .client import Connection, ConnectOptions, parse_broker_url
 from .presign import MAX_URL_EXPIRES_S, is_channel_uri, presign_bundle, resolve_channel
 from .waiting import EXIT_SUCCEEDED, ExtraWait, ResultTracker, follow
@@ -237,39 +238,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return send(args, "rollback", {"version": args.version} if args.version else {})
 
 
-def _number(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-def _labels(text: str) -> List[str]:
-    return [label.strip() for label in text.split(",") if label.strip()]
-
-
-SETTINGS: Dict[str, Callable[[str], Any]] = {
-    "score_threshold": _number,
-    "iou_threshold": _number,
-    "labels": _labels,
-    "publish_mode": str,
-    "max_rate_hz": _number,
-}
-
-
 def parse_settings(items: Sequence[str]) -> Dict[str, Any]:
     """``["score_threshold=0.5", "labels=a,b"]`` -> ``{"score_threshold": 0.5, "labels": ["a", "b"]}``."""
     settings: Dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep or key not in SETTINGS:
-            known = ", ".join(SetArgs.model_fields)
+        if not sep or key not in Settings.model_fields:
+            known = ", ".join(Settings.model_fields)
             raise EdgewatchError(f"set {item!r}: expected KEY=VALUE with KEY one of {known}")
         if key in settings:
             raise EdgewatchError(f"set: {key} given twice")
         try:
-            settings[key] = SETTINGS[key](text.strip())
+            settings[key] = parse_setting(key, text.strip())
         except ValueError:
             raise EdgewatchError(f"set {item!r}: {text!r} is not a number") from None
     return settings
@@ -368,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command_options(p)
     p.add_argument("--version", help="the stored version to activate")
 
-    p = command("set", "change settings: " + ", ".join(SETTINGS) + " (labels=a,b)", cmd_set)
+    p = command("set", "change settings: " + ", ".join(Settings.model_fields) + " (labels=a,b)", cmd_set)
     _add_command_options(p)
     p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 

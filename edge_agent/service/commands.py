@@ -314,8 +314,9 @@ class CommandHandler:
     def _cmd_set(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, SetArgs)
-        self.settings.update(a.model_dump(exclude_none=True))
-        self.policy.configure(a.publish_mode, a.max_rate_hz)
+        changes = a.changes()
+        self.settings.update(changes)
+        self.policy.configure(changes.get("publish_mode"), changes.get("max_rate_hz"))
         self.hooks.apply_thresholds()
         self._result(cmd.id, "succeeded", reply_to, data=self.settings.public())
 

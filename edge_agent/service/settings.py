@@ -8,37 +8,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..config import AgentConfig
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
-
-PublishMode = Literal["all", "detections", "changes"]
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    score_threshold: Optional[float] = Field(None, ge=0, le=1)
-    iou_threshold: Optional[float] = Field(None, ge=0, le=1)
-    labels: Optional[List[str]] = None
-    publish_mode: PublishMode = "detections"
-    max_rate_hz: Optional[float] = Field(None, gt=0)
 
 
 class RuntimeSettings:
     def __init__(self, path: Path, config: AgentConfig, overrides: Optional[Dict[str, Any]] = None):
         self.path = path
-        self.base = Settings(
-            score_threshold=config.detector.score_threshold,
-            iou_threshold=config.detector.iou_threshold,
-            labels=config.detector.labels,
-            publish_mode=config.publish.mode,
-            max_rate_hz=config.publish.max_rate_hz,
-        )
+        self.base = Settings.from_config(config)
         self.overrides: Dict[str, Any] = dict(overrides or {})
         self.effective = Settings.model_validate({**self.base.model_dump(), **self.overrides})
 
