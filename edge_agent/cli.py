@@ -53,7 +53,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             )
             print(json.dumps(msg.to_json_dict()), flush=True)
     finally:
-        detector.backend.close()
+        detector.close()
     return status
 
 
@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             report["auto_skipped"] = reasons
         print(json.dumps(report, indent=2 if args.pretty else None))
     finally:
-        detector.backend.close()
+        detector.close()
     return 0
 
 

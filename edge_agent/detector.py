@@ -2,10 +2,12 @@
 
 ``Detector`` turns a BGR frame into labelled detections normalised to that frame. It owns no
 thread and no I/O; the service pipelines ``prepare`` / ``backend.submit`` / ``finish`` itself.
+It owns its backend: ``close()`` (or leaving a ``with`` block) releases it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -20,6 +22,8 @@ from .detection import Detection
 from .errors import DecoderError
 from .messages import BoxOut, DetectionOut, ImageSize, Latency, ModelRef
 from .preprocess import Preprocessor, Transform
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Detector:
         self.preprocess = Preprocessor(m.input, backend.input)
         self.thresholds = thresholds or Thresholds()
         self.options = self._options()
+        self.closed = False
 
     def _options(self) -> DecodeOptions:
         d, t = self.manifest.defaults, self.thresholds
@@ -139,3 +144,21 @@ class Detector:
         except DecoderError as e:
             raise DecoderError(f"{self.where}: decoder {self.decoder.type}: {e}") from None
         self.decode(outputs, transform)
+
+    def close(self) -> None:
+        """Release the backend (idempotent). A backend that fails to release is logged, not
+        raised: the detector is out of service either way, and its caller is usually cleaning up
+        after something else."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.backend.close()
+        except Exception as e:
+            log.warning("closing the %s backend of %s: %s", self.backend.name, self.manifest.ident, e)
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

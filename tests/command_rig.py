@@ -28,7 +28,7 @@ from edge_agent.commands import CommandChecker, SeenIds, sign_envelope, verify_e
 from edge_agent.config import AgentConfig, CommandsConfig, DeviceConfig, MQTTConfig
 from edge_agent.messages import utc_now_iso
 from edge_agent.mqtt import MqttLink, Outbox, Topics
-from edge_agent.service.commands import AgentHooks, CommandHandler
+from edge_agent.service.commands import CommandHandler
 from edge_agent.service.publishing import PublishPolicy
 from edge_agent.service.settings import RuntimeSettings
 
@@ -48,7 +48,9 @@ def fresh_id() -> str:
 class _BusyDeployer:
     """A deploy or rollback is answered ``rejected`` (busy) at once: no download in a fuzz."""
 
-    def try_begin(self) -> bool:
+    store = None
+
+    def try_submit(self, *_args: Any) -> bool:
         return False
 
 
@@ -62,7 +64,30 @@ class _Switch:
         pass
 
 
-class _Pipeline:
+class _Control:
+    """The agent side of the commands (``AgentControl``), without a pipeline or a camera."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.policy = PublishPolicy(settings.effective.publish_mode)
+
+    def change_settings(self, changes: Dict[str, Any]) -> Dict[str, Any]:
+        self.settings.update(changes)
+        self.policy.configure(changes.get("publish_mode"), changes.get("max_rate_hz"))
+        return self.settings.public()
+
+    def status(self) -> Dict[str, Any]:
+        return {"state": "online"}
+
+    def publish_status(self) -> None:
+        pass
+
+    def event(self, kind: str, data: Dict[str, Any]) -> None:
+        pass
+
+    def snapshot_jpeg(self) -> Optional[bytes]:
+        return b"\xff\xd8jpeg\xff\xd9"
+
     def pause(self) -> None:
         pass
 
@@ -104,16 +129,7 @@ class CommandRig:
             self.link,
             _BusyDeployer(),  # type: ignore[arg-type]
             _Switch(),  # type: ignore[arg-type]
-            _Pipeline(),  # type: ignore[arg-type]
-            settings_,
-            PublishPolicy(settings_.effective.publish_mode),
-            AgentHooks(
-                apply_thresholds=lambda: None,
-                status=lambda: {"state": "online"},
-                publish_status=lambda: None,
-                event=lambda kind, body: None,
-                snapshot_jpeg=lambda: b"\xff\xd8jpeg\xff\xd9",
-            ),
+            _Control(settings_),
         )
         self._cursor = 0
         if broker is not None:

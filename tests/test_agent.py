@@ -136,7 +136,7 @@ def test_snapshots_are_published_at_most_once_a_second_when_enabled(
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     sub.wait_count("edgewatch/pi-agent/snapshot", 2, timeout=30)
-    time.sleep(1.0)
+    time.sleep(1.0)  # a deliberate sleep: one more second of frames and snapshots to measure the rate over
     agent.stop()
     assert agent.wait_stopped(30)
     snaps = sub.received("edgewatch/pi-agent/snapshot")
@@ -186,7 +186,7 @@ def test_a_deploy_whose_artifact_does_not_load_on_the_serving_backend_fails_at_l
         end = final(sub, "broken")
         assert (end["status"], end["stage"]) == ("failed", "loading"), end
         assert "model_int8.tflite" in end["detail"]
-        assert agent.store.find("1.2.0") is None  # not left installed either
+        assert agent.services.store.find("1.2.0") is None  # not left installed either
         n = len(sub.received(detections))
         sub.wait_count(detections, n + 3, timeout=30)
         assert {json.loads(m.payload)["model"]["version"] for m in sub.received(detections)} == {"1.1.0"}
@@ -239,7 +239,7 @@ def test_a_first_deploy_on_auto_fails_at_loading_when_an_available_backends_arti
         end = final(sub, "first")
         assert (end["status"], end["stage"]) == ("failed", "loading"), end
         assert "model_int8.tflite" in end["detail"]
-        assert agent.store.current() is None and agent.store.versions() == []
+        assert agent.services.store.current() is None and agent.services.store.versions() == []
     finally:
         agent.stop()
         assert agent.wait_stopped(30)

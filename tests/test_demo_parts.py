@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -22,6 +21,7 @@ from edge_agent.demo.broker import EmbeddedBroker
 from edge_agent.errors import EdgewatchError
 from edge_agent.messages import BoxOut, DetectionOut
 from edge_agent.sources.synthetic import SceneGenerator
+from tests.waiting import wait_for
 
 DEMO_VERSIONS = ("1.0.0", "1.1.0")
 MAX_BUNDLE_BYTES = 1024 * 1024  # int8 TFLite + fp32 ONNX of the trainer's small network, ~0.8 MB
@@ -87,7 +87,7 @@ def matched_count(version: str) -> Tuple[int, int]:
                     used.add(best)
                     found += 1
     finally:
-        detector.backend.close()
+        detector.close()
     return found, total
 
 
@@ -148,15 +148,6 @@ class Client:
         self.client.loop_stop()
 
 
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
 @pytest.fixture()
 def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     pytest.importorskip("amqtt", reason="the embedded broker needs amqtt (Python 3.10+)")
@@ -182,7 +173,7 @@ def test_embedded_broker_round_trip_qos1_mqtt311(broker: EmbeddedBroker, tmp_pat
         info = pub.client.publish("edgewatch/pi-01/detections", b'{"seq": 1}', qos=1)
         info.wait_for_publish(10)
         assert info.is_published()  # the broker acknowledged it (PUBACK)
-        assert wait_for(lambda: sub.messages)
+        wait_for(lambda: sub.messages, 10, "the message")
         assert sub.messages == [("edgewatch/pi-01/detections", b'{"seq": 1}', 1)]
     finally:
         sub.close()

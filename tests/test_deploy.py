@@ -8,26 +8,28 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
 from edge_agent.bundle import signing
 from edge_agent.config import S3Config, StoreTimeouts
 from edge_agent.errors import BackendError
-from edge_agent.store import Deployer, DeployFailed, ModelStore, StoredVersion, StoreError
+from edge_agent.store import (
+    DeployBusy,
+    Deployer,
+    DeployFailed,
+    DeployRequest,
+    ModelStore,
+    RollbackRequest,
+    StoredVersion,
+    StoreError,
+)
 from tests.bundle_http import BundleServer
 from tests.test_store import make_bundle
+from tests.waiting import wait_for
 
 STAGES = ["downloading", "verifying", "loading", "warming", "activating"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 class FakeDetector:
@@ -38,6 +40,10 @@ class FakeDetector:
         self.warmed = False
         self.closed = False
 
+    def close(self) -> None:
+        assert self is not self.harness.active, "closed the detector that serves"
+        self.closed = True
+
     def warm(self) -> None:
         if self.harness.warm_gate is not None:
             self.harness.warm_gate.wait()
@@ -47,7 +53,8 @@ class FakeDetector:
 
 
 class Harness:
-    """The agent's side: build, activate (the pipeline's one active detector), close."""
+    """The agent's side: build, and activate (the pipeline's one active detector, switched as
+    ``Pipeline.swap`` does: within the deadline, or not at all)."""
 
     def __init__(self) -> None:
         self.built: List[FakeDetector] = []
@@ -59,6 +66,7 @@ class Harness:
         self.warm_gate: Optional[threading.Event] = None
         self.activate_gate: Optional[threading.Event] = None
         self.reports: List[Tuple[str, Optional[float], Optional[str]]] = []
+        self.activate_deadlines: List[float] = []
 
     def build(self, bundle_dir: Path, backend: Optional[str]) -> FakeDetector:
         assert (bundle_dir / "manifest.json").is_file()
@@ -70,17 +78,14 @@ class Harness:
         self.built.append(detector)
         return detector
 
-    def activate(self, detector: FakeDetector) -> None:
-        if self.activate_gate is not None:
-            self.activate_gate.wait()
+    def activate(self, detector: FakeDetector, timeout_s: float) -> None:
+        self.activate_deadlines.append(timeout_s)
+        if self.activate_gate is not None and not self.activate_gate.wait(timeout_s):
+            raise RuntimeError(f"the pipeline did not reach a frame boundary within {timeout_s:g} s")
         if self.activate_error is not None:
             raise self.activate_error
         assert detector.warmed and not detector.closed
         self.active = detector
-
-    def close(self, detector: FakeDetector) -> None:
-        assert detector is not self.active, "closed the detector that serves"
-        detector.closed = True
 
     def report(self, stage: str, progress: Optional[float], detail: Optional[str]) -> None:
         self.reports.append((stage, progress, detail))
@@ -117,14 +122,12 @@ def make_deployer(
         trusted_keys=kwargs.pop("trusted_keys", []),  # type: ignore[arg-type]
         build=harness.build,
         activate=harness.activate,
-        close=harness.close,
         timeouts=timeouts,
         **kwargs,  # type: ignore[arg-type]
     )
 
 
 def deploy(deployer: Deployer, harness: Harness, src: Path, **kwargs: object) -> StoredVersion:
-    assert deployer.try_begin()
     return deployer.deploy(src.as_uri() + "/", report=harness.report, **kwargs)  # type: ignore[arg-type]
 
 
@@ -193,7 +196,7 @@ def test_a_failure_at_each_stage_keeps_the_old_model(
     assert all(d.closed for d in harness.built if d is not old)  # nothing built is leaked
     assert staging_is_empty(store)
     assert not (store.models_dir / "shapes" / "1.1.0").exists()  # the fresh install went again
-    assert not deployer.busy and deployer.try_begin()
+    assert not deployer.busy
 
 
 def test_corrupt_download_fails_verifying_naming_the_file(
@@ -269,8 +272,7 @@ def test_a_hanging_build_times_out_and_is_closed_when_it_returns(
         deploy(deployer, harness, sources["1.1.0"])
     assert (e.value.stage, e.value.reason) == ("loading", "timed out after 0.2 s")
     assert time.monotonic() - started < 5
-    assert deployer.try_begin()  # the slot is free although the build still hangs
-    deployer._end()
+    assert not deployer.busy  # the slot is free although the build still hangs
     current = store.current()
     assert current is not None and current.ident == "shapes@1.0.0" and harness.active is old
 
@@ -292,21 +294,24 @@ def test_a_hanging_warm_times_out_and_is_closed_when_it_returns(
     assert store.current() is None and harness.active is None
 
 
-def test_an_activation_after_its_timeout_is_recorded_as_current(
+def test_an_activation_that_misses_its_one_deadline_switches_nothing(
     store: ModelStore, harness: Harness, sources: Dict[str, Path]
 ) -> None:
+    """The switch gets the stage's deadline itself (Pipeline.swap withdraws a switch it could not
+    make in time), so nothing can activate late behind the store's back."""
     deployer = make_deployer(store, harness, StoreTimeouts(activating_s=0.2))
     deploy(deployer, harness, sources["1.0.0"])
+    old = harness.active
     harness.activate_gate = threading.Event()
     with pytest.raises(
-        DeployFailed, match=r"activating: the pipeline did not take the new model within 0.2 s"
+        DeployFailed, match=r"activating: the pipeline did not reach a frame boundary within 0.2 s"
     ):
         deploy(deployer, harness, sources["1.1.0"])
+    assert harness.activate_deadlines == [0.2, 0.2]  # one deadline, handed to the switch
     current = store.current()
-    assert current is not None and current.ident == "shapes@1.0.0"
-    harness.activate_gate.set()  # the pipeline takes it after all: the store must say so
-    wait_for(lambda: (store.current() or current).ident == "shapes@1.1.0")
-    assert harness.active is harness.built[-1] and not harness.built[-1].closed
+    assert current is not None and current.ident == "shapes@1.0.0" and harness.active is old
+    assert harness.built[-1].closed and not (store.models_dir / "shapes" / "1.1.0").exists()
+    assert not deployer.busy
 
 
 def test_set_current_failing_after_activation_is_reported_as_activated(
@@ -328,22 +333,62 @@ def test_set_current_failing_after_activation_is_reported_as_activated(
 
 
 def test_one_deploy_at_a_time(store: ModelStore, harness: Harness, sources: Dict[str, Path]) -> None:
+    """The deployer's worker owns the one slot: a second request is refused (the agent answers
+    "busy") until the first has ended, and so is a deploy in the caller's thread."""
     deployer = make_deployer(store, harness)
-    with pytest.raises(RuntimeError, match="call try_begin"):
-        deployer.deploy(sources["1.0.0"].as_uri(), report=harness.report)
+    deployer.start()
+    try:
+        harness.build_gate = threading.Event()
+        outcomes: List[object] = []
+        order: List[str] = []
+        request = DeployRequest(sources["1.0.0"].as_uri() + "/")
+        assert deployer.try_submit(request, harness.report, outcomes.append, lambda: order.append("accepted"))
+        wait_for(lambda: harness.stages()[-1:] == ["loading"])
+        assert order == ["accepted"]  # before the worker's first report
+        refused: List[str] = []
+        assert not deployer.try_submit(
+            RollbackRequest(), harness.report, outcomes.append, lambda: refused.append("x")
+        )
+        assert deployer.busy and refused == []
+        with pytest.raises(DeployBusy):
+            deployer.rollback(None, report=harness.report)
+        harness.build_gate.set()
+        wait_for(lambda: outcomes)
+        assert [sv.ident for sv in outcomes] == ["shapes@1.0.0"]  # type: ignore[attr-defined]
+        assert not deployer.busy
+        assert deployer.try_submit(RollbackRequest(), harness.report, outcomes.append)
+        wait_for(lambda: len(outcomes) == 2)
+        failed = outcomes[1]
+        assert isinstance(failed, DeployFailed) and "a previous version is not installed" in failed.reason
+    finally:
+        deployer.stop()
+
+
+def test_the_stages_share_one_stage_thread_until_one_is_abandoned(
+    store: ModelStore, harness: Harness, sources: Dict[str, Path]
+) -> None:
+    """No thread per stage: the blocking stages of many deploys run on one stage thread; a stage
+    that outlives its deadline keeps that thread (it is abandoned) and the next gets a fresh one."""
+    threads: List[threading.Thread] = []  # kept alive here, so none is mistaken for another
+    real_build = harness.build
+
+    def build(bundle_dir: Path, backend: Optional[str]) -> FakeDetector:
+        threads.append(threading.current_thread())
+        return real_build(bundle_dir, backend)
+
+    harness.build = build  # type: ignore[method-assign]
+    deployer = make_deployer(store, harness, StoreTimeouts(loading_s=0.3))
+    for v in ("1.0.0", "1.1.0"):
+        deploy(deployer, harness, sources[v])
+    assert threads[0] is threads[1] and threads[0].name == "edge-agent-deploy-stage"
     harness.build_gate = threading.Event()
-    outcome: List[object] = []
-    assert deployer.try_begin()
-    worker = threading.Thread(
-        target=lambda: outcome.append(deployer.deploy(sources["1.0.0"].as_uri() + "/", report=harness.report))
-    )
-    worker.start()
-    wait_for(lambda: harness.stages()[-1:] == ["loading"])
-    assert not deployer.try_begin() and deployer.busy  # the agent answers "busy"
+    with pytest.raises(DeployFailed, match="loading: timed out after 0.3 s"):
+        deploy(deployer, harness, sources["1.2.0"])
     harness.build_gate.set()
-    worker.join(10)
-    assert [sv.ident for sv in outcome] == ["shapes@1.0.0"]  # type: ignore[attr-defined]
-    assert deployer.try_begin()
+    wait_for(lambda: len(harness.built) == 3 and harness.built[2].closed)
+    harness.build_gate = None
+    deploy(deployer, harness, sources["1.2.0"])
+    assert len(threads) == 4 and threads[2] is threads[0] and threads[3] is not threads[0]
 
 
 def test_rollback_to_previous_and_to_a_named_version(
@@ -354,29 +399,24 @@ def test_rollback_to_previous_and_to_a_named_version(
         deploy(deployer, harness, sources[v])
     harness.reports.clear()
 
-    assert deployer.try_begin()
     assert deployer.rollback(None, report=harness.report).ident == "shapes@1.1.0"
     assert harness.stages() == ["loading", "warming", "activating"]
     assert harness.active is not None and harness.active.dir.name == "1.1.0"
     previous = store.previous()
     assert previous is not None and previous.ident == "shapes@1.2.0"
 
-    assert deployer.try_begin()
     assert deployer.rollback("1.0.0", report=harness.report).ident == "shapes@1.0.0"
     current = store.current()
     assert current is not None and current.ident == "shapes@1.0.0"
 
-    assert deployer.try_begin()
     with pytest.raises(
         DeployFailed, match=r"loading: version 9.9.9 is not installed \(installed: shapes@1.0.0"
     ):
         deployer.rollback("9.9.9", report=harness.report)
-    assert deployer.try_begin()
     with pytest.raises(DeployFailed, match=r"loading: shapes@1.0.0 is already the current version"):
         deployer.rollback("1.0.0", report=harness.report)
 
     (store.models_dir / "shapes" / "1.2.0" / "model.xml").write_bytes(b"<rot/>")
-    assert deployer.try_begin()
     with pytest.raises(DeployFailed, match=r"loading: .*1.2.0/model.xml: size 6 bytes does not match"):
         deployer.rollback("1.2.0", report=harness.report)
     current = store.current()
@@ -388,7 +428,6 @@ def test_rollback_without_a_previous_version(
 ) -> None:
     deployer = make_deployer(store, harness)
     deploy(deployer, harness, sources["1.0.0"])
-    assert deployer.try_begin()
     with pytest.raises(DeployFailed, match=r"loading: a previous version is not installed"):
         deployer.rollback(None, report=harness.report)
 
@@ -408,7 +447,6 @@ def test_a_stalled_download_times_out_and_its_staging_goes(
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
-        assert deployer.try_begin()
         with pytest.raises(DeployFailed) as e:
             deployer.deploy(f"http://127.0.0.1:{silent.getsockname()[1]}/b/", report=harness.report)
         assert (e.value.stage, e.value.reason) == ("downloading", "timed out after 0.3 s")
@@ -422,10 +460,8 @@ def test_a_trickling_server_fails_the_download_as_stalled_long_before_its_time_l
     """One byte every 0.05 s never trips a socket timeout; the stall window (store.timeouts
     download_stall_s) ends the deploy, frees the slot and removes the staging files."""
     deployer = make_deployer(store, harness, StoreTimeouts(download_s=600, download_stall_s=0.5))
-    with BundleServer(sources["1.0.0"], trickle=(1, 0.05)) as server:
-        assert deployer.try_begin()
-        with pytest.raises(DeployFailed) as e:
-            deployer.deploy(server.manifest, report=harness.report)
+    with BundleServer(sources["1.0.0"], trickle=(1, 0.05)) as server, pytest.raises(DeployFailed) as e:
+        deployer.deploy(server.manifest, report=harness.report)
     assert e.value.stage == "downloading" and "stalled" in e.value.reason, e.value.reason
     assert "download_stall_s" in e.value.reason
     assert not deployer.busy and store.current() is None and harness.built == []

@@ -59,7 +59,7 @@ def test_options_reach_the_backend_that_loads(shapes_bundle: Path) -> None:
     try:
         assert detector.backend.options.xnnpack is False  # type: ignore[attr-defined]
     finally:
-        detector.backend.close()
+        detector.close()
 
 
 @needs_openvino
@@ -72,4 +72,4 @@ def test_openvino_takes_its_options(shapes_bundle: Path) -> None:
         assert (opts.num_requests, opts.performance_hint) == (3, "LATENCY")  # type: ignore[attr-defined]
         assert detector.backend.max_in_flight == 3
     finally:
-        detector.backend.close()
+        detector.close()

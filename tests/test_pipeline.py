@@ -18,14 +18,7 @@ from edge_agent.service.pipeline import FrameBuffer, Pipeline, Processed
 from edge_agent.service.publishing import PublishPolicy
 from edge_agent.sources.base import Frame, FrameSource
 from edge_agent.sources.synthetic import SyntheticSource
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
+from tests.waiting import holds_for, wait_for
 
 
 class Collector:
@@ -48,8 +41,8 @@ def detectors(models_dir: Path):
     a, _ = open_detector(str(models_dir / "shapes"), "tflite")
     b, _ = open_detector(str(models_dir / "shapes-fp32"), "tflite")
     yield a, b
-    a.backend.close()
-    b.backend.close()
+    a.close()
+    b.close()
 
 
 def test_every_mode_processes_each_frame_once_in_order(detectors):
@@ -117,8 +110,14 @@ def test_live_mode_keeps_the_newest_frame_and_counts_drops(detectors):
     pipe = Pipeline(FastSource(2000), "live", out.result, out.event)
     pipe.start(a)
     wait_for(lambda: pipe.ended.is_set())
-    wait_for(lambda: len(pipe.buffer) == 0 and len(out.items) == pipe.stats.processed)
-    time.sleep(0.2)
+    # every frame taken from the buffer, the one in flight too, is processed or dropped
+    s = pipe.stats
+    wait_for(
+        lambda: (
+            len(pipe.buffer) == 0 and s.processed + s.dropped == s.captured and len(out.items) == s.processed
+        ),
+        what=lambda: f"every frame accounted for ({s.processed} + {s.dropped} of {s.captured})",
+    )
     pipe.stop()
     s = pipe.stats
     assert s.captured == 2000
@@ -175,10 +174,9 @@ def test_pause_stops_processing_and_resume_loses_nothing_in_every_mode(detectors
     pipe.start(a)
     wait_for(lambda: len(out.items) >= 10)
     pipe.pause()
-    time.sleep(0.1)
+    time.sleep(0.1)  # a deliberate sleep: grace for the frame being inferred when the pause came
     n = len(out.items)
-    time.sleep(0.3)
-    assert len(out.items) == n  # nothing processed while paused
+    holds_for(lambda: len(out.items) == n, 0.3, "nothing processed while paused")
     pipe.resume()
     wait_for(lambda: pipe.ended.is_set() and len(out.items) == 80)
     pipe.stop()
@@ -237,7 +235,7 @@ def test_a_wedged_camera_read_stops_the_watchdog_pings_until_it_returns(detector
     )
     pipe.start(a)
     wait_for(lambda: source.hung.is_set() and len(out.items) >= 1)
-    time.sleep(2.5)  # the watch window itself: pings must stop 0.5 s into it
+    time.sleep(2.5)  # a deliberate sleep: the watch window itself, pings must stop 0.5 s into it
     late = [t for t in beats if t > source.hung_at + 1.5]
     assert late == [], f"{len(late)} pings while the camera read hung"
     processed = len(out.items)
@@ -253,8 +251,7 @@ def test_frame_buffer_every_mode_blocks_instead_of_dropping():
     assert buf.put(Frame(img, 0, 0.0, "x")) and buf.put(Frame(img, 1, 0.0, "x"))
     t = threading.Thread(target=lambda: buf.put(Frame(img, 2, 0.0, "x")))
     t.start()
-    time.sleep(0.1)
-    assert t.is_alive()  # full: the producer waits
+    holds_for(t.is_alive, 0.1, "the producer blocked on the full buffer")  # full: the producer waits
     got = buf.get(0)
     assert got is not None and got.index == 0
     t.join(2)

@@ -8,11 +8,14 @@ an accelerator fails, what gets published, when systemd hears that the service i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -30,7 +33,7 @@ from ..errors import BackendUnavailable, EdgewatchError
 from ..http_view import HttpView
 from ..loading import check_options, open_detector
 from ..messages import DetectionMessage, utc_now_iso
-from ..mqtt.link import MqttLink
+from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.outbox import Outbox
 from ..mqtt.topics import Topics
 from ..sources import open_source
@@ -38,35 +41,64 @@ from ..sources.base import FrameSource
 from ..store.deploy import Deployer
 from ..store.models import ModelStore, StoredVersion
 from ..systemd import Notifier
-from .commands import AgentHooks, CommandHandler
+from .commands import CommandHandler
 from .pipeline import Pipeline, Processed
 from .publishing import PublishPolicy
 from .settings import RuntimeSettings
 from .status import health, metrics_text, status_document, status_line
-from .switching import DetectorSwitch, close_detector
+from .switching import DetectorSwitch
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 10.0
 
 
+@dataclass
+class Services:
+    """The running agent's parts, built together (``Agent._build``) before any of them starts,
+    then started in order (``Agent._start``)."""
+
+    store: ModelStore
+    settings: RuntimeSettings
+    policy: PublishPolicy
+    outbox: Outbox
+    seen: SeenIds
+    link: MqttLink
+    pipeline: Pipeline
+    switch: DetectorSwitch
+    deployer: Deployer[Detector]
+    commands: CommandHandler
+    http: Optional[HttpView] = None
+
+
 class Agent:
+    """The service: ``run()`` builds the services, starts them and serves until ``stop()``. It is
+    the ``AgentControl`` that commands act on."""
+
     def __init__(self, config: AgentConfig, source: Optional[FrameSource] = None):
         self.config = config
         self.source = source
         self.started = time.monotonic()
+        self.notifier = Notifier()
+        self.services: Optional[Services] = None  # built by run()
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._last: Optional[Processed] = None
         self._last_snapshot = 0.0
         self._reloading = threading.Event()
-        self.commands: Optional[CommandHandler] = None
-        self.outbox: Optional[Outbox] = None
-        self.seen: Optional[SeenIds] = None
-        self.notifier = Notifier()
-        self.pipeline: Optional[Pipeline] = None
-        self.link: Optional[MqttLink] = None
-        self.http: Optional[HttpView] = None
+
+    @property
+    def pipeline(self) -> Optional[Pipeline]:
+        return self.services.pipeline if self.services is not None else None
+
+    @property
+    def http(self) -> Optional[HttpView]:
+        return self.services.http if self.services is not None else None
+
+    def _running(self) -> Services:
+        if self.services is None:
+            raise RuntimeError("the agent's services are not built yet")
+        return self.services
 
     # -- life cycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -87,115 +119,117 @@ class Agent:
     def wait_stopped(self, timeout: Optional[float] = None) -> bool:
         return self._stopped.wait(timeout)
 
-    def _start(self) -> None:
+    def _build(self) -> Services:
+        """Every part, wired, nothing started. What is opened before a later part fails is closed."""
         cfg = self.config
         check_options(cfg.detector)
         root = Path(cfg.store.dir)
-        self.store = ModelStore(root, cfg.store.keep_versions, int(cfg.store.max_bundle_mb * 1024 * 1024))
-        for line in self.store.recover():
+        store = ModelStore(root, cfg.store.keep_versions, int(cfg.store.max_bundle_mb * 1024 * 1024))
+        for line in store.recover():
             log.warning("store: %s", line)
-        self.settings = RuntimeSettings.load(root / "settings.json", cfg)
-        self.policy = PublishPolicy(self.settings.effective.publish_mode, self.settings.effective.max_rate_hz)
-        self.outbox = Outbox(root / "outbox.db", cfg.mqtt.buffer.max_messages)
-        self.seen = SeenIds(root / "commands.db")
-        checker = CommandChecker(cfg.commands, cfg.device, self.seen)
-        topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, tuple(cfg.device.groups))
-        self.link = MqttLink(
-            cfg.mqtt,
-            topics,
-            self.outbox,
-            on_command=lambda incoming: self.commands.submit(incoming) if self.commands else None,
-            offline_status={"state": "offline", "agent_version": __version__},
+        settings = RuntimeSettings.load(root / "settings.json", cfg)
+        with contextlib.ExitStack() as opened:
+            outbox = Outbox(root / "outbox.db", cfg.mqtt.buffer.max_messages)
+            opened.callback(outbox.close)
+            seen = SeenIds(root / "commands.db")
+            opened.callback(seen.close)
+            checker = CommandChecker(cfg.commands, cfg.device, seen)
+            inbox: queue.Queue[Optional[IncomingCommand]] = queue.Queue()
+            link = MqttLink(
+                cfg.mqtt,
+                Topics(cfg.mqtt.topic_prefix, cfg.device.id, tuple(cfg.device.groups)),
+                outbox,
+                on_command=inbox.put,
+                offline_status={"state": "offline", "agent_version": __version__},
+            )
+            source = self.source or open_source(
+                cfg.camera.source, cfg.camera.width, cfg.camera.height, cfg.camera.fps
+            )
+            pipeline = Pipeline(
+                source,
+                cfg.camera.mode,
+                on_result=self._on_result,
+                on_event=self.event,
+                heartbeat=self.notifier.watchdog,
+                on_failing=self._on_failing,
+            )
+            switch = DetectorSwitch(pipeline, cfg.store.timeouts.activating_s)
+            deployer: Deployer[Detector] = Deployer(
+                store,
+                s3=cfg.s3,
+                trusted_keys=release_keys(cfg, checker.trusted_keys),
+                build=self._open_for_swap,
+                activate=switch.activate,
+                timeouts=cfg.store.timeouts,
+            )
+            commands = CommandHandler(cfg.device.id, checker, link, deployer, switch, self, inbox)
+            opened.pop_all()
+        return Services(
+            store=store,
+            settings=settings,
+            policy=PublishPolicy(settings.effective.publish_mode, settings.effective.max_rate_hz),
+            outbox=outbox,
+            seen=seen,
+            link=link,
+            pipeline=pipeline,
+            switch=switch,
+            deployer=deployer,
+            commands=commands,
         )
-        source = self.source or open_source(
-            cfg.camera.source, cfg.camera.width, cfg.camera.height, cfg.camera.fps
-        )
-        self.pipeline = Pipeline(
-            source,
-            cfg.camera.mode,
-            on_result=self._on_result,
-            on_event=self._event,
-            heartbeat=self.notifier.watchdog,
-            on_failing=self._on_failing,
-        )
-        self.switch = DetectorSwitch(self.pipeline, cfg.store.timeouts.activating_s)
-        self.deployer = Deployer(
-            self.store,
-            s3=cfg.s3,
-            trusted_keys=release_keys(cfg, checker.trusted_keys),
-            build=self._open_for_swap,
-            activate=self.switch.activate,
-            close=close_detector,
-            timeouts=cfg.store.timeouts,
-        )
-        self.commands = CommandHandler(
-            cfg.device.id,
-            checker,
-            self.link,
-            self.deployer,
-            self.switch,
-            self.pipeline,
-            self.settings,
-            self.policy,
-            AgentHooks(
-                apply_thresholds=self._apply_thresholds,
-                status=self._status,
-                publish_status=self._publish_status,
-                event=self._event,
-                snapshot_jpeg=self._snapshot_jpeg,
-            ),
-        )
+
+    def _start(self) -> None:
+        s = self.services = self._build()
         detector = self._initial_detector()
-        self.commands.end_interrupted()
-        self.commands.start()
-        self.link.start()
-        self.pipeline.start(detector)
-        if cfg.http.listen:
-            self.http = HttpView(cfg.http.listen, self._snapshot_jpeg, self._health, self._metrics)
-            self.http.start()
-        self._publish_status()
+        s.commands.end_interrupted()
+        s.deployer.start()
+        s.commands.start()
+        s.link.start()
+        s.pipeline.start(detector)
+        if self.config.http.listen:
+            s.http = HttpView(self.config.http.listen, self.snapshot_jpeg, self._health, self._metrics)
+            s.http.start()
+        self.publish_status()
 
     def _serve(self) -> None:
-        assert self.pipeline is not None
+        pipeline = self._running().pipeline
         ready = False
         next_status = time.monotonic() + STATUS_INTERVAL_S
         while not self._stop.is_set():
-            if not ready and (self.pipeline.detector is None or self.pipeline.wait_first_result(0)):
+            if not ready and (pipeline.detector is None or pipeline.wait_first_result(0)):
                 # READY once the model is loaded and the camera delivers frames (or, with no model
                 # yet, once the agent can take a deploy).
                 self.notifier.ready(self._status_line())
                 log.info("ready: %s", self._status_line())
                 ready = True
-            if self.pipeline.ended.is_set() and not self.pipeline.buffer:
+            if pipeline.ended.is_set() and not pipeline.buffer:
                 log.info("the camera source ended; stopping")
                 break
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_INTERVAL_S
-                self._publish_status()
+                self.publish_status()
                 self.notifier.status(self._status_line())
             self._stop.wait(0.2)
 
     def _shutdown(self) -> None:
         self.notifier.stopping(f"stopping: {self._status_line()}")
         log.info("stopping")
-        if self.pipeline is not None:
-            self.pipeline.stop()  # finishes the frames in flight; their messages reach the outbox
-        if self.commands is not None:
-            self.commands.stop()
-        if self.http is not None:
-            self.http.stop()
-        if self.link is not None:
-            self.link.stop(self._status("stopped"), timeout=5.0)
-        if self.pipeline is not None and self.pipeline.detector is not None:
-            close_detector(self.pipeline.detector)
-        for closable in (self.outbox, self.seen):
-            if closable is not None:
-                closable.close()
+        s = self.services
+        if s is not None:
+            s.pipeline.stop()  # finishes the frames in flight; their messages reach the outbox
+            s.commands.stop()
+            s.deployer.stop()
+            if s.http is not None:
+                s.http.stop()
+            s.link.stop(self.status("stopped"), timeout=5.0)
+            if s.pipeline.detector is not None:
+                s.pipeline.detector.close()
+            s.outbox.close()
+            s.seen.close()
         self._stopped.set()
 
     # -- detectors -------------------------------------------------------------------------
     def _thresholds(self) -> Thresholds:
-        s = self.settings.effective
+        s = self._running().settings.effective
         return Thresholds(
             score_threshold=s.score_threshold,
             iou_threshold=s.iou_threshold,
@@ -203,10 +237,14 @@ class Agent:
             labels=tuple(s.labels) if s.labels else None,
         )
 
-    def _apply_thresholds(self) -> None:
-        detector = self.pipeline.detector if self.pipeline else None
+    def change_settings(self, changes: Dict[str, Any]) -> Dict[str, Any]:
+        s = self._running()
+        s.settings.update(changes)
+        s.policy.configure(changes.get("publish_mode"), changes.get("max_rate_hz"))
+        detector = s.pipeline.detector
         if detector is not None:
             detector.set_thresholds(self._thresholds())
+        return s.settings.public()
 
     def _load(
         self, bundle_dir: Path, name: str, verify: bool, strict: bool, device: Optional[str] = None
@@ -250,7 +288,7 @@ class Agent:
             reasons = [f"{name}: {e}", *reasons]
         fallbacks = [r for r in reasons if is_fallback(r)]
         if fallbacks:
-            self._event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
+            self.event("backend_fallback", {"backend": detector.backend.name, "skipped": fallbacks})
         return detector
 
     def _open_for_swap(self, bundle_dir: Path, backend: Optional[str]) -> Detector:
@@ -258,7 +296,7 @@ class Agent:
         names, else on the one that serves now, on its device, with no fallback, so that an
         artifact that does not load there fails the deploy instead of hiding behind another
         backend's artifact. With nothing serving yet, as at start."""
-        serving = self.switch.serving
+        serving = self._running().switch.serving
         if backend is None and serving is None:
             return self._open(bundle_dir, None, strict=True)
         if backend is not None:
@@ -270,16 +308,16 @@ class Agent:
     def _open_warm(self, sv: StoredVersion, verify: bool) -> Detector:
         """An installed version with its first inference done: on the backend the deploy that
         activated it named, else on the configured one."""
-        detector = self._open(sv.dir, self.store.activated_backend(sv), verify)
+        detector = self._open(sv.dir, self._running().store.activated_backend(sv), verify)
         try:
             detector.warm()
         except Exception:
-            close_detector(detector)
+            detector.close()
             raise
         return detector
 
     def _initial_detector(self) -> Optional[Detector]:
-        store = self.store
+        store = self._running().store
         if store.current() is None and self.config.model.bundle:
             sv = store.import_bundle(Path(self.config.model.bundle))
             store.set_current(sv)
@@ -292,7 +330,7 @@ class Agent:
                 detector = self._open_warm(sv, verify=sv != current)
             except EdgewatchError as e:
                 log.error("%s %s does not load: %s", sv.name, sv.version, e)
-                self._event("model_failed", {"model": _ref(sv), "stage": "loading", "detail": str(e)})
+                self.event("model_failed", {"model": _ref(sv), "stage": "loading", "detail": str(e)})
                 continue
             if sv != current:
                 store.set_current(sv)
@@ -303,7 +341,7 @@ class Agent:
     # -- a failing accelerator -------------------------------------------------------------
     def _on_failing(self, failing: Detector, reason: str) -> None:
         """The pipeline's detector failed frame after frame (called on the inference thread)."""
-        if self._reloading.is_set() or self.deployer.busy:
+        if self._reloading.is_set() or self._running().deployer.busy:
             return  # already on it, or a deploy is about to replace the detector anyway
         self._reloading.set()
         threading.Thread(
@@ -314,7 +352,8 @@ class Agent:
         """Bring the current version up on a fresh backend (the configured one, or what auto
         finds when that accelerator is gone), retrying with backoff, and swap it in."""
         try:
-            sv = self.store.current()
+            s = self._running()
+            sv = s.store.current()
             if sv is None:
                 return
             log.warning(
@@ -330,9 +369,9 @@ class Agent:
                     if self._stop.wait(delay):
                         return
                     delay = min(delay * 2, 60.0)
-            if not self.switch.replace(failing, fresh):
+            if not s.switch.replace(failing, fresh):
                 return  # a deploy or rollback replaced it meanwhile
-            self._event(
+            self.event(
                 "backend_reloaded",
                 {
                     "model": _ref(sv),
@@ -341,16 +380,16 @@ class Agent:
                     "detail": reason,
                 },
             )
-            self._publish_status()
+            self.publish_status()
         finally:
             self._reloading.clear()
 
     # -- results ---------------------------------------------------------------------------
     def _on_result(self, p: Processed) -> None:
         self._last = p
-        if not self.policy.decide(p.detections, time.monotonic()):
+        s = self._running()
+        if not s.policy.decide(p.detections, time.monotonic()):
             return
-        assert self.link is not None
         cfg = self.config
 
         def payload(seq: int) -> bytes:
@@ -367,7 +406,7 @@ class Agent:
             )
             return json.dumps(msg.to_json_dict(), separators=(",", ":")).encode()
 
-        self.link.publish_detection(payload)
+        s.link.publish_detection(payload)
         if cfg.publish.snapshots:
             self._maybe_snapshot()
 
@@ -375,43 +414,48 @@ class Agent:
         now = time.monotonic()
         if now - self._last_snapshot >= 1.0:  # at most one JPEG a second on the wire
             self._last_snapshot = now
-            jpeg = self._snapshot_jpeg()
-            if jpeg is not None and self.link is not None:
-                self.link.publish_snapshot(jpeg)
+            jpeg = self.snapshot_jpeg()
+            if jpeg is not None:
+                self._running().link.publish_snapshot(jpeg)
 
-    def _snapshot_jpeg(self) -> Optional[bytes]:
+    def snapshot_jpeg(self) -> Optional[bytes]:
         p = self._last
         if p is None:
             return None
         m = p.detector.model
-        fps = self.pipeline.stats.fps if self.pipeline else 0.0
+        fps = self.pipeline.stats.fps if self.pipeline is not None else 0.0
         caption = f"{m.name} {m.version} - {p.detector.backend.name} - {fps:.1f} fps"
         return encode_jpeg(draw_detections(p.frame.image, p.detections, caption))
 
-    def _event(self, kind: str, data: Dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.publish_event({"type": kind, "ts": utc_now_iso(), **data})
+    def event(self, kind: str, data: Dict[str, Any]) -> None:
+        self._running().link.publish_event({"type": kind, "ts": utc_now_iso(), **data})
+
+    # -- commands that act on the pipeline --------------------------------------------------
+    def pause(self) -> None:
+        self._running().pipeline.pause()
+
+    def resume(self) -> None:
+        self._running().pipeline.resume()
 
     # -- status ----------------------------------------------------------------------------
-    def _status(self, state: str = "online") -> Dict[str, Any]:
-        queued = len(self.outbox) if self.outbox is not None else 0
+    def status(self, state: str = "online") -> Dict[str, Any]:
+        queued = len(self.services.outbox) if self.services is not None else 0
         return status_document(self.pipeline, state, time.monotonic() - self.started, queued)
 
     def _status_line(self) -> str:
         return status_line(self.pipeline)
 
-    def _publish_status(self) -> None:
-        if self.link is not None:
-            self.link.publish_status(self._status())
+    def publish_status(self) -> None:
+        self._running().link.publish_status(self.status())
 
     def _mqtt_connected(self) -> bool:
-        return self.link is not None and self.link.connected
+        return self.services is not None and self.services.link.connected
 
     def _health(self) -> Tuple[bool, Dict[str, Any]]:
-        return health(self._status(), self.pipeline, self._mqtt_connected())
+        return health(self.status(), self.pipeline, self._mqtt_connected())
 
     def _metrics(self) -> str:
-        return metrics_text(self._status(), self._mqtt_connected())
+        return metrics_text(self.status(), self._mqtt_connected())
 
 
 def release_keys(config: AgentConfig, command_keys: List[Ed25519PublicKey]) -> List[Ed25519PublicKey]:

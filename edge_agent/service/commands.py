@@ -9,20 +9,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Protocol
 
 from ..commands.args import DeployArgs, RollbackArgs, SetArgs
 from ..commands.checker import Command, CommandChecker, CommandRejected
 from ..commands.results import CommandResult
+from ..detector import Detector
 from ..messages import utc_now_iso
 from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.outbox import OpenCommand
-from ..store.deploy import Deployer, DeployFailed, Report
-from ..store.models import StoredVersion
-from .pipeline import Pipeline
-from .publishing import PublishPolicy
-from .settings import RuntimeSettings
+from ..store.deploy import Deployer, DeployFailed, DeployRequest, Outcome, Request, RollbackRequest
 from .switching import DetectorSwitch
 
 log = logging.getLogger(__name__)
@@ -76,63 +72,71 @@ class DropLog:
         self._unlogged = 0
 
 
-@dataclass
-class AgentHooks:
-    """What the handler asks of the agent."""
+class AgentControl(Protocol):
+    """What commands act on besides the deployer and the switch: the running agent
+    (``edge_agent.service.agent.Agent``)."""
 
-    apply_thresholds: Callable[[], None]  # the settings changed: update the serving detector
-    status: Callable[[], Dict[str, Any]]
-    publish_status: Callable[[], None]
-    event: Callable[[str, Dict[str, Any]], None]
-    snapshot_jpeg: Callable[[], Optional[bytes]]
+    def change_settings(self, changes: Dict[str, Any]) -> Dict[str, Any]:
+        """Apply validated ``set`` changes (saved, published, handed to the detector); the
+        effective settings."""
+
+    def status(self) -> Dict[str, Any]: ...
+
+    def publish_status(self) -> None: ...
+
+    def event(self, kind: str, data: Dict[str, Any]) -> None: ...
+
+    def snapshot_jpeg(self) -> Optional[bytes]:
+        """The last processed frame with its detections drawn; None before the first."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 class CommandHandler:
+    """Answers and runs the commands that reach ``inbox`` (the MQTT link puts them there from
+    its network thread), one at a time on its own thread; deploys and rollbacks go to the
+    deployer's worker, so a long download never holds up a ``status`` or a ``pause``."""
+
     def __init__(
         self,
         device_id: str,
         checker: CommandChecker,
         link: MqttLink,
-        deployer: Deployer,
+        deployer: Deployer[Detector],
         switch: DetectorSwitch,
-        pipeline: Pipeline,
-        settings: RuntimeSettings,
-        policy: PublishPolicy,
-        hooks: AgentHooks,
+        control: AgentControl,
+        inbox: Optional[queue.Queue[Optional[IncomingCommand]]] = None,
     ):
         self.device_id = device_id
         self.checker = checker
         self.link = link
         self.deployer = deployer
         self.switch = switch
-        self.pipeline = pipeline
-        self.settings = settings
-        self.policy = policy
-        self.hooks = hooks
+        self.control = control
+        self.inbox: queue.Queue[Optional[IncomingCommand]] = inbox if inbox is not None else queue.Queue()
         self.drops = DropLog()
-        self._queue: queue.Queue[Optional[IncomingCommand]] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
-        self._swap_thread: Optional[threading.Thread] = None
 
     # -- life cycle ------------------------------------------------------------------------
     def submit(self, incoming: IncomingCommand) -> None:
-        """The MQTT link's callback (its network thread): queue, never block."""
-        self._queue.put(incoming)
+        """Queue a command (from the MQTT link's network thread): never blocks."""
+        self.inbox.put(incoming)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="edge-agent-commands", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        for t in (self._thread, self._swap_thread):
-            if t is not None:
-                t.join(timeout)
+        self.inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
         self.drops.flush()
 
     def _loop(self) -> None:
         while True:
-            incoming = self._queue.get()
+            incoming = self.inbox.get()
             if incoming is None:
                 return
             try:
@@ -234,60 +238,12 @@ class CommandHandler:
                 )
 
     # -- deploy and rollback ---------------------------------------------------------------
-    def _reporter(self, cmd: Command, reply_to: Optional[IncomingCommand], before: Optional[str]) -> Report:
-        last: Dict[str, Any] = {"stage": None, "progress": -1.0, "t": 0.0}
-
-        def report(stage: str, progress: Optional[float], detail: Optional[str]) -> None:
-            if stage == "loading" and stage != last["stage"]:
-                # The version this command would make current (the deployer names it here): a
-                # restart ends the command by whether that is current then.
-                context = json.dumps({"current": before, "target": detail})
-                self.link.outbox.note_open(cmd.id, context)
-            now = time.monotonic()
-            same_stage = stage == last["stage"] and progress is not None and progress < 1.0
-            if same_stage and progress - last["progress"] < PROGRESS_STEP and now - last["t"] < 1.0:
-                return
-            last.update(stage=stage, progress=progress if progress is not None else -1.0, t=now)
-            self._result(cmd.id, "in_progress", reply_to, stage=stage, progress=progress, detail=detail)
-
-        return report
-
-    def _start_swap(
-        self, cmd: Command, reply_to: Optional[IncomingCommand], work: Callable[[Report], StoredVersion]
-    ) -> None:
-        if not self.deployer.try_begin():
+    def _start_swap(self, cmd: Command, reply_to: Optional[IncomingCommand], request: Request) -> None:
+        swap = _Swap(self, cmd, reply_to)
+        if not self.deployer.try_submit(request, swap.report, swap.ended, swap.accepted):
             self._result(
                 cmd.id, "rejected", reply_to, detail="busy: another deploy or rollback is in progress"
             )
-            return
-        current = self.deployer.store.current()
-        before = current.ident if current is not None else None
-        context = json.dumps({"current": before, "target": None})
-        self._result(cmd.id, "accepted", reply_to, opens=OpenCommand(cmd.id, cmd.type, context))
-
-        def run() -> None:
-            old = self.switch.serving
-            try:
-                sv = work(self._reporter(cmd, reply_to, before))
-            except DeployFailed as e:
-                self.switch.revert(old)
-                log.error("%s %s failed at %s: %s", cmd.type, cmd.id, e.stage, e.reason)
-                self.hooks.event("model_failed", {"command": cmd.id, "stage": e.stage, "detail": e.reason})
-                self._result(cmd.id, "failed", reply_to, stage=e.stage, detail=e.reason)
-            except Exception as e:  # a bug must not leave the command without its final result
-                self.switch.revert(old)
-                log.exception("%s %s failed", cmd.type, cmd.id)
-                self._result(cmd.id, "failed", reply_to, detail=f"internal error: {e}")
-            else:
-                self.switch.commit()
-                self.hooks.event(
-                    "model_activated", {"command": cmd.id, "model": {"name": sv.name, "version": sv.version}}
-                )
-                self._result(cmd.id, "succeeded", reply_to, detail=f"{sv.name} {sv.version} is active")
-                self.hooks.publish_status()
-
-        self._swap_thread = threading.Thread(target=run, name=f"edge-agent-{cmd.type}", daemon=True)
-        self._swap_thread.start()
 
     def _cmd_deploy(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
@@ -295,37 +251,26 @@ class CommandHandler:
         self._start_swap(
             cmd,
             reply_to,
-            lambda report: self.deployer.deploy(
-                a.manifest,
-                sha256=a.sha256,
-                backend=a.backend,
-                allow_downgrade=a.allow_downgrade,
-                files=a.files,
-                report=report,
-            ),
+            DeployRequest(a.manifest, a.sha256, a.backend, a.allow_downgrade, a.files),
         )
 
     def _cmd_rollback(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, RollbackArgs)
-        self._start_swap(cmd, reply_to, lambda report: self.deployer.rollback(a.version, report=report))
+        self._start_swap(cmd, reply_to, RollbackRequest(a.version))
 
     # -- the rest --------------------------------------------------------------------------
     def _cmd_set(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         a = cmd.args
         assert isinstance(a, SetArgs)
-        changes = a.changes()
-        self.settings.update(changes)
-        self.policy.configure(changes.get("publish_mode"), changes.get("max_rate_hz"))
-        self.hooks.apply_thresholds()
-        self._result(cmd.id, "succeeded", reply_to, data=self.settings.public())
+        self._result(cmd.id, "succeeded", reply_to, data=self.control.change_settings(a.changes()))
 
     def _cmd_status(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
-        self.hooks.publish_status()
-        self._result(cmd.id, "succeeded", reply_to, data=self.hooks.status())
+        self.control.publish_status()
+        self._result(cmd.id, "succeeded", reply_to, data=self.control.status())
 
     def _cmd_snapshot(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
-        jpeg = self.hooks.snapshot_jpeg()
+        jpeg = self.control.snapshot_jpeg()
         if jpeg is None:
             self._result(cmd.id, "failed", reply_to, detail="no frame processed yet")
             return
@@ -335,11 +280,77 @@ class CommandHandler:
         )
 
     def _cmd_pause(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
-        self.pipeline.pause()
-        self.hooks.publish_status()
+        self.control.pause()
+        self.control.publish_status()
         self._result(cmd.id, "succeeded", reply_to, detail="paused")
 
     def _cmd_resume(self, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
-        self.pipeline.resume()
-        self.hooks.publish_status()
+        self.control.resume()
+        self.control.publish_status()
         self._result(cmd.id, "succeeded", reply_to, detail="resumed")
+
+
+class _Swap:
+    """One deploy or rollback command between ``accepted`` and its ending: what it answers at
+    each step. ``accepted`` runs once the deployer's slot is taken, ``report`` and ``ended`` on
+    the deployer's threads."""
+
+    def __init__(self, handler: CommandHandler, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
+        self.handler = handler
+        self.cmd = cmd
+        self.reply_to = reply_to
+        self.before: Optional[str] = None  # what was current when it was accepted
+        self.old: Optional[Detector] = None  # what served then: put back if the swap fails
+        self._last_stage: Optional[str] = None
+        self._last_progress = -1.0
+        self._last_t = 0.0
+
+    def _result(self, status: str, **fields: Any) -> None:
+        self.handler._result(self.cmd.id, status, self.reply_to, **fields)
+
+    def accepted(self) -> None:
+        current = self.handler.deployer.store.current()
+        self.before = current.ident if current is not None else None
+        self.old = self.handler.switch.serving
+        context = json.dumps({"current": self.before, "target": None})
+        self._result("accepted", opens=OpenCommand(self.cmd.id, self.cmd.type, context))
+
+    def report(self, stage: str, progress: Optional[float], detail: Optional[str]) -> None:
+        if stage == "loading" and stage != self._last_stage:
+            # The version this command would make current (the deployer names it here): a
+            # restart ends the command by whether that is current then.
+            context = json.dumps({"current": self.before, "target": detail})
+            self.handler.link.outbox.note_open(self.cmd.id, context)
+        now = time.monotonic()
+        if (
+            stage == self._last_stage
+            and progress is not None
+            and progress < 1.0
+            and progress - self._last_progress < PROGRESS_STEP
+            and now - self._last_t < 1.0
+        ):
+            return
+        self._last_stage, self._last_t = stage, now
+        self._last_progress = progress if progress is not None else -1.0
+        self._result("in_progress", stage=stage, progress=progress, detail=detail)
+
+    def ended(self, outcome: Outcome) -> None:
+        h, cmd = self.handler, self.cmd
+        try:
+            if isinstance(outcome, DeployFailed):
+                h.switch.revert(self.old)
+                log.error("%s %s failed at %s: %s", cmd.type, cmd.id, outcome.stage, outcome.reason)
+                h.control.event(
+                    "model_failed", {"command": cmd.id, "stage": outcome.stage, "detail": outcome.reason}
+                )
+                self._result("failed", stage=outcome.stage, detail=outcome.reason)
+                return
+            h.switch.commit()
+        except Exception as e:  # a bug must not leave the command without its final result
+            log.exception("%s %s failed", cmd.type, cmd.id)
+            self._result("failed", detail=f"internal error: {e}")
+            return
+        model = {"name": outcome.name, "version": outcome.version}
+        h.control.event("model_activated", {"command": cmd.id, "model": model})
+        self._result("succeeded", detail=f"{outcome.name} {outcome.version} is active")
+        h.control.publish_status()

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Optional
 
-from ..backends.base import Backend
 from ..detector import Detector
 from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
-def close_detector(detector: Any) -> None:
-    """Release a detector's backend (best effort: it is out of service anyway)."""
-    backend: Optional[Backend] = getattr(detector, "backend", None)
-    if backend is not None:
-        try:
-            backend.close()
-        except Exception as e:
-            log.debug("closing %s: %s", backend.name, e)
-
-
 class DetectorSwitch:
     def __init__(self, pipeline: Pipeline, timeout_s: float):
         self.pipeline = pipeline
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # for switches back (revert, replace)
         self._lock = threading.Lock()
         self._replaced: Optional[Detector] = None
 
@@ -36,16 +25,17 @@ class DetectorSwitch:
     def serving(self) -> Optional[Detector]:
         return self.pipeline.detector
 
-    def activate(self, detector: Detector) -> None:
-        """Serve ``detector`` from the next frame on; the replaced one is kept for ``revert``."""
+    def activate(self, detector: Detector, timeout_s: float) -> None:
+        """Serve ``detector`` from the next frame on; the replaced one is kept for ``revert``.
+        Raises, having switched nothing, when no frame boundary comes within ``timeout_s``."""
         with self._lock:
-            self._replaced = self.pipeline.swap(detector, timeout=self.timeout_s)
+            self._replaced = self.pipeline.swap(detector, timeout=timeout_s)
 
     def commit(self) -> None:
         """The change is final (recorded on disk): release the replaced detector."""
         replaced, self._replaced = self._replaced, None
         if replaced is not None:
-            close_detector(replaced)
+            replaced.close()
 
     def revert(self, old: Optional[Detector]) -> None:
         """A change failed after the switch (e.g. the store could not record it): serve ``old``
@@ -56,16 +46,16 @@ class DetectorSwitch:
                 return
             new = self.pipeline.swap(old, timeout=self.timeout_s)
         if new is not None:
-            close_detector(new)
+            new.close()
 
     def replace(self, failing: Detector, fresh: Detector) -> bool:
         """Swap ``fresh`` in for ``failing`` if that still serves (a deploy may have replaced it
         meanwhile: then ``fresh`` is closed); the failing one is closed."""
         with self._lock:
             if self.pipeline.detector is not failing:
-                close_detector(fresh)
+                fresh.close()
                 return False
             old = self.pipeline.swap(fresh, timeout=self.timeout_s)
         if old is not None:
-            close_detector(old)
+            old.close()
         return True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .deploy import Deployer, DeployFailed, Report
+from .deploy import DeployBusy, Deployer, DeployFailed, DeployRequest, Report, RollbackRequest
 from .fetch import FetchCancelled, FetchError, FetchIntegrityError, FetchStalled, Progress, fetch_bundle
 from .models import ModelStore, StoredVersion, StoreError
 
 __all__ = [
+    "DeployBusy",
     "DeployFailed",
+    "DeployRequest",
     "Deployer",
     "FetchCancelled",
     "FetchStalled",
@@ -16,6 +18,7 @@ __all__ = [
     "ModelStore",
     "Progress",
     "Report",
+    "RollbackRequest",
     "StoreError",
     "StoredVersion",
     "fetch_bundle",

@@ -7,34 +7,42 @@ the stage's timeout (``store.timeouts``). Any failure raises :class:`DeployFaile
 stage and the reason, with the old model still serving, the staging directory removed and the
 store's current version unchanged.
 
+One long-lived worker thread (``start``) runs them one at a time and owns the one slot:
+``try_submit`` takes it, or answers False while a deploy or rollback runs, and the worker frees
+it when that ends. ``deploy`` and ``rollback`` run one in the caller's thread instead (tests,
+tools), under the same slot. Stages whose work can hang on something outside this process (a
+server, a disk, an accelerator's runtime) run on a stage thread with one deadline each; a stage
+that outlives it is abandoned (its late handler releases whatever it produces) and the next
+stage gets a fresh stage thread. The store's own file moves and the switch run on the worker.
+
 What the caller (the agent) supplies and must know:
 
-- ``build(bundle_dir, backend)`` loads a detector from a verified bundle directory while the old
-  one keeps serving: for a new version that is its staging copy, which is renamed into the
-  store only once the detector has loaded and warmed (so the detector must not reopen files by
-  path afterwards; the backends read or map them at load, and a rename keeps both valid), and a
-  deploy that fails before that never touches the store. ``close(detector)`` releases one that
-  was never activated. A ``build`` or
-  ``warm()`` that outlives its timeout is abandoned: the deploy fails at once, and when the
-  worker finishes later, whatever it built is closed.
-- ``activate(detector)`` hands the detector to the pipeline and returns once it serves. If it
-  raises, the detector is closed. If it does not return within ``timeouts.activating_s`` the deploy
-  fails; should it return later after all, the pipeline serves the new model, so it is then
-  recorded as current (and logged) rather than closed under the pipeline's feet.
+- ``build(bundle_dir, backend)`` loads a detector (a :class:`Servable`) from a verified bundle
+  directory while the old one keeps serving: for a new version that is its staging copy, which
+  is renamed into the store only once the detector has loaded and warmed (so the detector must
+  not reopen files by path afterwards; the backends read or map them at load, and a rename
+  keeps both valid), and a deploy that fails before that never touches the store. A detector
+  that is not activated is closed (``Servable.close``), at once or, after a timeout, by the
+  stage thread when its work ends.
+- ``activate(detector, timeout_s)`` hands the detector to the pipeline and returns once it
+  serves; it must return or raise within ``timeout_s`` (``timeouts.activating_s``, the one
+  deadline of that stage), and when it raises nothing was switched: the detector is closed.
 - If ``activate`` succeeded but recording the new version as current failed, the new detector
   is serving while the store still names the old version: ``DeployFailed("activating", …)`` is
   raised with ``activated=True``, and switching back to the previous detector (and closing the
   new one) is the agent's job.
-- ``report`` may be called from a worker thread (download progress); its exceptions are logged,
-  never allowed to fail a deploy.
+- ``report`` may be called from the stage thread (download progress); its exceptions are
+  logged, never allowed to fail a deploy.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Generic, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -53,6 +61,32 @@ Report = Callable[[str, Optional[float], Optional[str]], None]
 """(stage, progress 0..1 or None, detail or None), for the ``in_progress`` results of SPEC §5."""
 
 
+class Servable(Protocol):
+    """What the deployer needs of a detector (``edge_agent.detector.Detector`` is one)."""
+
+    def warm(self) -> None:
+        """A first inference; raises when the model cannot serve."""
+
+    def close(self) -> None:
+        """Release it; never raises."""
+
+
+D = TypeVar("D", bound=Servable)
+D_co = TypeVar("D_co", bound=Servable, covariant=True)
+D_contra = TypeVar("D_contra", bound=Servable, contravariant=True)
+
+
+class Build(Protocol[D_co]):
+    def __call__(self, bundle_dir: Path, backend: Optional[str]) -> D_co:
+        """A detector for the verified bundle in ``bundle_dir`` on ``backend`` (None: the agent's choice)."""
+
+
+class Activate(Protocol[D_contra]):
+    def __call__(self, detector: D_contra, timeout_s: float) -> None:
+        """Serve ``detector`` from the next frame; raises (having switched nothing) when the
+        switch cannot happen within ``timeout_s``."""
+
+
 class DeployFailed(EdgewatchError):
     """A deploy or rollback failed in ``stage`` for ``reason``. ``activated`` is True only when
     the new detector was activated but could not be recorded as current (see the module doc)."""
@@ -64,50 +98,89 @@ class DeployFailed(EdgewatchError):
         self.activated = activated
 
 
+class _StageTimedOut(DeployFailed):
+    """A stage's work outlived its deadline and was abandoned to its late handler."""
+
+
+class DeployBusy(EdgewatchError):
+    """A deploy or rollback was asked for while another runs."""
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    manifest_uri: str
+    sha256: Optional[str] = None
+    backend: Optional[str] = None
+    allow_downgrade: bool = False
+    files: Optional[Mapping[str, str]] = None
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    version: Optional[str] = None  # None: the previous version
+
+
+Request = Union[DeployRequest, RollbackRequest]
+Outcome = Union[StoredVersion, DeployFailed]
 LateHandler = Callable[[Optional[T], Optional[BaseException]], None]
 
 
-class _Job(Generic[T]):
-    """Blocking work in a daemon thread that the caller waits for with a timeout. When the
-    caller gives up, ``on_late(result, error)`` runs in the worker once the work ends, so that
-    what the work produced is never leaked."""
+class _Task(Generic[T]):
+    """One piece of stage work handed to a stage thread, and what became of it."""
 
-    def __init__(self, name: str, work: Callable[[], T], on_late: Optional[LateHandler[T]] = None) -> None:
-        self._work = work
-        self._on_late = on_late
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._abandoned = False
+    def __init__(self, work: Callable[[], T], on_late: Optional[LateHandler[T]]) -> None:
+        self.work = work
+        self.on_late = on_late
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.abandoned = False
         self.result: Optional[T] = None
         self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+
+class _StageThread:
+    """The thread a deploy's blocking stages run on: long-lived, so that a deploy does not start
+    a thread per stage. ``run`` waits for one piece of work until its deadline; work that
+    outlives it is abandoned to its ``on_late`` handler (run here once the work ends, so that
+    what it produced is never leaked), and this thread retires: the caller takes a new one."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.Queue[_Task[Any]] = queue.Queue()
+        self.retired = False
+        self._thread = threading.Thread(target=self._loop, name="edge-agent-deploy-stage", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        result: Optional[T] = None
-        error: Optional[BaseException] = None
-        try:
-            result = self._work()
-        except BaseException as e:  # handed to the waiting caller, or to on_late
-            error = e
-        with self._lock:
-            self.result, self.error = result, error
-            self._done.set()
-            late = self._abandoned
-        if late and self._on_late is not None:
+    def _loop(self) -> None:
+        while not self.retired:
+            task = self._tasks.get()
+            result, error = None, None
             try:
-                self._on_late(result, error)
-            except Exception:
-                log.exception("cleaning up after an abandoned %s", self._thread.name)
+                result = task.work()
+            except BaseException as e:  # handed to the waiting caller, or to on_late
+                error = e
+            with task.lock:
+                task.result, task.error = result, error
+                task.done.set()
+                late = task.abandoned
+            if late and task.on_late is not None:
+                try:
+                    task.on_late(result, error)
+                except Exception:
+                    log.exception("cleaning up after an abandoned deploy stage")
 
-    def wait(self, timeout: float) -> bool:
-        """True when the work ended in time; False when it is abandoned to ``on_late``."""
-        self._done.wait(timeout)
-        with self._lock:
-            if self._done.is_set():
-                return True
-            self._abandoned = True
-            return False
+    def run(
+        self, work: Callable[[], T], deadline_s: float, on_late: Optional[LateHandler[T]] = None
+    ) -> _Task[T]:
+        """Run ``work`` here; returns its task, ``done`` set unless the deadline passed first (then
+        the task is abandoned and this thread retired)."""
+        task: _Task[T] = _Task(work, on_late)
+        self._tasks.put(task)
+        task.done.wait(deadline_s)
+        with task.lock:
+            if not task.done.is_set():
+                task.abandoned = True
+                self.retired = True  # its loop ends once the abandoned work returns
+        return task
 
 
 def _reason(e: BaseException) -> str:
@@ -115,8 +188,8 @@ def _reason(e: BaseException) -> str:
     return text if text else type(e).__name__
 
 
-class Deployer:
-    """Runs one deploy or rollback at a time in the caller's thread (see the module doc)."""
+class Deployer(Generic[D]):
+    """Runs the deploys and rollbacks of one device, one at a time (see the module doc)."""
 
     def __init__(
         self,
@@ -124,9 +197,8 @@ class Deployer:
         *,
         s3: S3Config,
         trusted_keys: Sequence[Ed25519PublicKey],
-        build: Callable[[Path, Optional[str]], Any],
-        activate: Callable[[Any], None],
-        close: Callable[[Any], None],
+        build: Build[D],
+        activate: Activate[D],
         timeouts: StoreTimeouts = StoreTimeouts(),
         cafile: Optional[Path] = None,
     ) -> None:
@@ -135,34 +207,82 @@ class Deployer:
         self.trusted_keys = list(trusted_keys)
         self.build = build
         self.activate = activate
-        self.close = close
         self.timeouts = timeouts
         self.cafile = cafile
         self._slot = threading.Lock()
         self._busy = False
         self._stage = "downloading"  # the stage under way, for errors nobody foresaw
+        self._stage_thread: Optional[_StageThread] = None
+        self._requests: queue.Queue[Optional[Tuple[Request, Report, Callable[[Outcome], None]]]] = (
+            queue.Queue()
+        )
+        self._worker: Optional[threading.Thread] = None
 
-    # -- the one-at-a-time slot -----------------------------------------------------------------
+    # -- the worker and its one slot ------------------------------------------------------------
 
-    def try_begin(self) -> bool:
-        """Take the slot; False when a deploy or rollback is running (the agent answers busy)."""
+    def start(self) -> None:
+        """Start the worker thread that ``try_submit`` hands requests to."""
+        self._worker = threading.Thread(target=self._work, name="edge-agent-deployer", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the worker finish what it runs (for up to ``timeout`` s) and end."""
+        self._requests.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def try_submit(
+        self,
+        request: Request,
+        report: Report,
+        on_end: Callable[[Outcome], None],
+        accepted: Callable[[], None] = lambda: None,
+    ) -> bool:
+        """Hand ``request`` to the worker; False (and nothing called) while another runs.
+        ``accepted`` runs in the caller's thread once the slot is taken and before the worker
+        starts (the agent answers ``accepted`` there, so it precedes every ``in_progress``);
+        ``on_end`` runs on the worker with the activated version or the failure."""
+        if not self._take_slot():
+            return False
+        try:
+            accepted()
+        except BaseException:
+            self._free_slot()
+            raise
+        self._requests.put((request, report, on_end))
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def _take_slot(self) -> bool:
         with self._slot:
             if self._busy:
                 return False
             self._busy = True
             return True
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
-    def _end(self) -> None:
+    def _free_slot(self) -> None:
         with self._slot:
             self._busy = False
 
-    def _require_slot(self) -> None:
-        if not self._busy:
-            raise RuntimeError("call try_begin() first, and deploy or roll back only when it returned True")
+    def _work(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            request, report, on_end = item
+            try:
+                outcome: Outcome = self._run(request, report)
+            except DeployFailed as e:
+                outcome = e
+            finally:
+                self._free_slot()
+            try:
+                on_end(outcome)
+            except Exception:  # the worker must outlive a bug in what the caller does next
+                log.exception("after the %s", type(request).__name__)
 
     # -- public operations ----------------------------------------------------------------------
 
@@ -176,32 +296,35 @@ class Deployer:
         files: Optional[Mapping[str, str]] = None,
         report: Report,
     ) -> StoredVersion:
-        """Download, verify, load, warm and activate the bundle at ``manifest_uri``; returns the
-        activated version or raises DeployFailed. Releases the slot taken by try_begin()."""
-        self._require_slot()
-        try:
-            return self._deploy(manifest_uri, sha256, backend, allow_downgrade, files, report)
-        except DeployFailed:
-            raise
-        except Exception as e:  # a bug or an unexpected OS error is still a failed deploy
-            log.exception("deploy of %s", redact(manifest_uri))
-            raise DeployFailed(self._stage, _reason(e)) from None
-        finally:
-            self._end()
+        """Download, verify, load, warm and activate the bundle at ``manifest_uri`` in the
+        caller's thread; returns the activated version or raises DeployFailed (DeployBusy while
+        another deploy or rollback runs)."""
+        return self._run_now(DeployRequest(manifest_uri, sha256, backend, allow_downgrade, files), report)
 
     def rollback(self, version: Optional[str], *, report: Report) -> StoredVersion:
         """Activate the installed ``version`` (of the current model's name, preferably), or the
-        previous one, without downloading. Releases the slot taken by try_begin()."""
-        self._require_slot()
+        previous one, without downloading, in the caller's thread."""
+        return self._run_now(RollbackRequest(version), report)
+
+    def _run_now(self, request: Request, report: Report) -> StoredVersion:
+        if not self._take_slot():
+            raise DeployBusy("another deploy or rollback is in progress")
         try:
-            return self._rollback(version, report)
+            return self._run(request, report)
+        finally:
+            self._free_slot()
+
+    def _run(self, request: Request, report: Report) -> StoredVersion:
+        try:
+            if isinstance(request, DeployRequest):
+                return self._deploy(request, report)
+            return self._rollback(request.version, report)
         except DeployFailed:
             raise
-        except Exception as e:
-            log.exception("rollback to %s", version or "the previous version")
-            raise DeployFailed(self._stage, _reason(e)) from None
-        finally:
-            self._end()
+        except Exception as e:  # a bug or an unexpected OS error is still a failed deploy
+            what = redact(request.manifest_uri) if isinstance(request, DeployRequest) else request
+            log.exception("%s of %s", type(request).__name__, what)
+            raise DeployFailed(self._stage, _reason(e)) from e
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -212,20 +335,21 @@ class Deployer:
         except Exception:
             log.exception("reporting %s", stage)
 
-    def _close_quietly(self, detector: Any) -> None:
-        try:
-            self.close(detector)
-        except Exception:
-            log.exception("closing a detector that was not activated")
-
-    def _wait(self, stage: str, job: _Job[T], timeout: float) -> T:
-        if not job.wait(timeout):
-            raise DeployFailed(stage, f"timed out after {timeout:g} s")
-        if job.error is not None:
-            if isinstance(job.error, DeployFailed):
-                raise job.error
-            raise DeployFailed(stage, _reason(job.error))
-        return job.result  # type: ignore[return-value]  # set when the work ended without error
+    def _in_stage(
+        self, stage: str, work: Callable[[], T], deadline_s: float, on_late: Optional[LateHandler[T]] = None
+    ) -> T:
+        """``work`` on the stage thread, with the stage's one deadline; DeployFailed(stage, …)
+        when it fails or is abandoned."""
+        if self._stage_thread is None or self._stage_thread.retired:
+            self._stage_thread = _StageThread()
+        task = self._stage_thread.run(work, deadline_s, on_late)
+        if not task.done.is_set():
+            raise _StageTimedOut(stage, f"timed out after {deadline_s:g} s")
+        if task.error is not None:
+            if isinstance(task.error, DeployFailed):
+                raise task.error
+            raise DeployFailed(stage, _reason(task.error)) from task.error
+        return task.result  # type: ignore[return-value]  # set when the work ended without error
 
     def _download(self, uri: str, staging: Path, files: Optional[Mapping[str, str]], report: Report) -> None:
         cancelled = threading.Event()
@@ -251,13 +375,13 @@ class Deployer:
                     cafile=self.cafile,
                 )
             except FetchIntegrityError as e:  # what arrived is not what the manifest lists
-                raise DeployFailed("verifying", str(e)) from None
+                raise DeployFailed("verifying", str(e)) from e
 
         def late(_result: Optional[None], _error: Optional[BaseException]) -> None:
             self.store.discard(staging)  # the worker may have written after the first discard
 
         try:
-            self._wait("downloading", _Job("deploy-downloading", work, late), self.timeouts.download_s)
+            self._in_stage("downloading", work, self.timeouts.download_s, late)
         finally:
             cancelled.set()
 
@@ -303,14 +427,6 @@ class Deployer:
             )
         return manifest.ident
 
-    def _install_in_time(self, staging: Path) -> Tuple[StoredVersion, bool]:
-        def late(result: Optional[Tuple[StoredVersion, bool]], _error: Optional[BaseException]) -> None:
-            if result is not None and result[1]:
-                self._remove_quietly(result[0])
-
-        job = _Job("deploy-installing", lambda: self._install(staging), late)
-        return self._wait("activating", job, self.timeouts.activating_s)
-
     def _install(self, staging: Path) -> Tuple[StoredVersion, bool]:
         """Move the verified staging copy into the store (which makes room first); (the installed
         version, whether this deploy installed it anew)."""
@@ -323,12 +439,14 @@ class Deployer:
         fresh = before is None or before.manifest_sha256 != installed.manifest_sha256
         return installed, fresh
 
-    def _load(
+    def _load_warm(
         self, directory: Path, ident: str, backend: Optional[str], report: Report, check_files: bool
-    ) -> Any:
+    ) -> D:
+        """Load (``loading``) and warm (``warming``) a detector, each under its own deadline; a
+        detector that fails to warm, or that an abandoned stage still produces, is closed."""
         self._say(report, "loading", None, ident)
 
-        def work() -> Any:
+        def load() -> D:
             if check_files:  # a rollback: the files have sat on disk since they were verified
                 try:
                     load_bundle(directory, verify=True)
@@ -336,66 +454,41 @@ class Deployer:
                     raise DeployFailed("loading", str(e)) from e
             return self.build(directory, backend)
 
-        def late(detector: Optional[Any], error: Optional[BaseException]) -> None:
+        def late_load(detector: Optional[D], error: Optional[BaseException]) -> None:
             if error is None and detector is not None:
                 log.warning("closing the detector for %s that finished loading after its timeout", ident)
-                self._close_quietly(detector)
+                detector.close()
 
-        return self._wait("loading", _Job("deploy-loading", work, late), self.timeouts.loading_s)
-
-    def _warm(self, ident: str, detector: Any, report: Report) -> None:
-        """Warm the detector; on failure it is closed (at once, or by the worker after a timeout)."""
+        detector = self._in_stage("loading", load, self.timeouts.loading_s, late_load)
         self._say(report, "warming", None, ident)
-
-        def work() -> None:
-            warm = getattr(detector, "warm", None)
-            if callable(warm):
-                warm()
-
-        def late(_result: Optional[None], _error: Optional[BaseException]) -> None:
-            self._close_quietly(detector)
-
-        job = _Job("deploy-warming", work, late)
-        if not job.wait(self.timeouts.warming_s):
-            raise DeployFailed("warming", f"timed out after {self.timeouts.warming_s:g} s")
-        if job.error is not None:
-            self._close_quietly(detector)
-            raise DeployFailed("warming", _reason(job.error))
+        try:
+            self._in_stage("warming", detector.warm, self.timeouts.warming_s, lambda _r, _e: detector.close())
+        except _StageTimedOut:
+            raise  # still warming: the stage thread closes it when warm() returns
+        except DeployFailed:
+            detector.close()
+            raise
+        return detector
 
     def _activate(
-        self, sv: StoredVersion, detector: Any, report: Report, fresh: bool, backend: Optional[str] = None
+        self, sv: StoredVersion, detector: D, report: Report, fresh: bool, backend: Optional[str] = None
     ) -> StoredVersion:
         """activate(), then record as current, then prune. ``fresh``: this deploy installed
         ``sv``, so a failure before the pipeline took it removes it again."""
         self._say(report, "activating", None, sv.ident)
-
-        def late(_result: Optional[None], error: Optional[BaseException]) -> None:
-            if error is not None:
-                self._close_quietly(detector)
-                return
-            log.warning("%s was activated after its timeout; recording it as current", sv.ident)
-            try:
-                self.store.set_current(sv, backend)
-            except EdgewatchError:
-                log.exception("recording %s as current after a late activation", sv.ident)
-
-        job = _Job("deploy-activating", lambda: self.activate(detector), late)
-        if not job.wait(self.timeouts.activating_s):
-            raise DeployFailed(
-                "activating",
-                f"the pipeline did not take the new model within {self.timeouts.activating_s:g} s",
-            )
-        if job.error is not None:
-            self._close_quietly(detector)
+        try:
+            self.activate(detector, self.timeouts.activating_s)
+        except Exception as e:
+            detector.close()
             if fresh:
                 self._remove_quietly(sv)
-            raise DeployFailed("activating", _reason(job.error))
+            raise DeployFailed("activating", _reason(e)) from e
         try:
             self.store.set_current(sv, backend)
         except Exception as e:
             raise DeployFailed(
                 "activating", f"{sv.ident} serves but cannot be recorded as current: {e}", activated=True
-            ) from None
+            ) from e
         try:
             for removed in self.store.prune():
                 log.info("pruned %s", removed.ident)
@@ -403,48 +496,40 @@ class Deployer:
             log.exception("pruning the model store")
         return sv
 
-    def _deploy(
-        self,
-        uri: str,
-        sha256: Optional[str],
-        backend: Optional[str],
-        allow_downgrade: bool,
-        files: Optional[Mapping[str, str]],
-        report: Report,
-    ) -> StoredVersion:
+    def _deploy(self, request: DeployRequest, report: Report) -> StoredVersion:
         """Download and verify into staging, load and warm from there, and only then install into
         the store (making room) and activate: a deploy that fails before activating leaves the
         store as it was, every rollback target included."""
         self._stage = "downloading"
+        r = request
         staging: Optional[Path] = None
         try:
-            installed = self._installed_with_sha256(sha256) if sha256 else None
+            installed = self._installed_with_sha256(r.sha256) if r.sha256 else None
             if installed is not None:
                 self._say(report, "downloading", 1.0, f"{installed.ident} is already installed")
                 directory = installed.dir
             else:
                 staging = self.store.new_staging()
-                self._say(report, "downloading", 0.0, redact(uri))
-                self._download(uri, staging, files, report)
+                self._say(report, "downloading", 0.0, redact(r.manifest_uri))
+                self._download(r.manifest_uri, staging, r.files, report)
                 directory = staging
             self._say(report, "verifying", None, None)
-            ident = self._wait(
+            ident = self._in_stage(
                 "verifying",
-                _Job("deploy-verifying", lambda: self._check(directory, sha256, allow_downgrade)),
+                lambda: self._check(directory, r.sha256, r.allow_downgrade),
                 self.timeouts.verifying_s,
             )
-            detector = self._load(directory, ident, backend, report, check_files=False)
-            self._warm(ident, detector, report)
+            detector = self._load_warm(directory, ident, r.backend, report, check_files=False)
             self._stage = "activating"
             try:
-                sv, fresh = (installed, False) if installed is not None else self._install_in_time(directory)
+                sv, fresh = (installed, False) if installed is not None else self._install(directory)
             except BaseException:
-                self._close_quietly(detector)
+                detector.close()
                 raise
         finally:
             if staging is not None and staging.exists():  # install() renamed it on success
                 self.store.discard(staging)
-        return self._activate(sv, detector, report, fresh, backend)
+        return self._activate(sv, detector, report, fresh, r.backend)
 
     def _rollback(self, version: Optional[str], report: Report) -> StoredVersion:
         self._stage = "loading"
@@ -456,8 +541,7 @@ class Deployer:
             raise DeployFailed("loading", f"{wanted} is not installed (installed: {have})")
         if current is not None and (current.name, current.version) == (target.name, target.version):
             raise DeployFailed("loading", f"{target.ident} is already the current version")
-        detector = self._load(target.dir, target.ident, None, report, check_files=True)
-        self._warm(target.ident, detector, report)
+        detector = self._load_warm(target.dir, target.ident, None, report, check_files=True)
         return self._activate(target, detector, report, fresh=False)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -473,4 +557,15 @@ class Deployer:
             log.exception("removing %s after a failed deploy", sv.ident)
 
 
-__all__ = ["DeployFailed", "Deployer", "Report"]
+__all__ = [
+    "Activate",
+    "Build",
+    "DeployBusy",
+    "DeployFailed",
+    "DeployRequest",
+    "Deployer",
+    "Outcome",
+    "Report",
+    "RollbackRequest",
+    "Servable",
+]

@@ -44,8 +44,8 @@ from edge_agent.service.agent import Agent
 from edge_agent.sources.base import Frame
 from edge_agent.sources.synthetic import SyntheticSource
 from edge_agent.systemd import Notifier
-from tests.agent_world import holds_within, reaches
 from tests.mosquitto import Mosquitto, Subscriber
+from tests.waiting import eventually, reaches
 
 from .accelerator import NotifySocket
 from .report import Row
@@ -166,26 +166,26 @@ def run(root: Path, full: bool) -> Row:
         with _agent_log(root / "agent.log"):
             runner = threading.Thread(target=serve, name="reliability-camera-agent", daemon=True)
             runner.start()
-            if not holds_within(lambda: detections() >= FRAMES_AFTER_RETURN, 60):
+            if not eventually(lambda: detections() >= FRAMES_AFTER_RETURN, 60):
                 raise AssertionError("the agent never served:\n" + (root / "agent.log").read_text()[-3000:])
             pipeline = agent.pipeline
             assert pipeline is not None
             for i, out_for in enumerate(losses, start=1):
                 camera.pull()
-                if not holds_within(reaches(lambda: count("camera_lost"), i), 10):
+                if not eventually(reaches(lambda: count("camera_lost"), i), 10):
                     wrong["lost not reported"] += 1
-                if pipeline.stats.camera != "lost" or agent._status()["camera"] != "lost":
+                if pipeline.stats.camera != "lost" or agent.status()["camera"] != "lost":
                     wrong["state wrong"] += 1
-                time.sleep(out_for)  # the outage itself: how long the cable stays out
+                time.sleep(out_for)  # a deliberate sleep: the outage itself, how long the cable stays out
                 camera.plug()
                 plugged = time.monotonic()
-                if holds_within(reaches(lambda: count("camera_restored"), i), RESTORE_LIMIT_S):
+                if eventually(reaches(lambda: count("camera_restored"), i), RESTORE_LIMIT_S):
                     restore_s.append(time.monotonic() - plugged)
                 else:
                     wrong["no camera_restored"] += 1
-                if not holds_within(reaches(detections, detections() + FRAMES_AFTER_RETURN), 30):
+                if not eventually(reaches(detections, detections() + FRAMES_AFTER_RETURN), 30):
                     wrong["frames after return missing"] += 1
-                if pipeline.stats.camera != "ok" or agent._status()["camera"] != "ok":
+                if pipeline.stats.camera != "ok" or agent.status()["camera"] != "ok":
                     wrong["state wrong"] += 1
                 if not runner.is_alive():
                     break
