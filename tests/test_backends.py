@@ -375,3 +375,32 @@ def test_a_plugin_registered_under_another_name_is_refused(tmp_path: Path, monke
         assert "y" not in [c.name for c in registry.loadable_classes()]
     finally:
         sys.modules.pop("edgewatch_misnamed", None)
+
+
+def test_a_detector_owns_its_backend_and_closes_it_once(shapes_bundle: Path) -> None:
+    closed: List[str] = []
+    with open_detector(str(shapes_bundle), "tflite")[0] as detector:
+        real_close = detector.backend.close
+
+        def counting_close() -> None:
+            closed.append(detector.backend.name)
+            real_close()
+
+        detector.backend.close = counting_close  # type: ignore[method-assign]
+        assert detector.detect(np.zeros((48, 64, 3), np.uint8)).image.width == 64
+    assert detector.closed and closed == ["tflite"]
+    detector.close()  # again: nothing more to release
+    assert closed == ["tflite"]
+
+
+def test_a_backend_that_fails_to_close_does_not_fail_the_detectors_close(
+    shapes_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    detector, _ = open_detector(str(shapes_bundle), "tflite")
+
+    def broken() -> None:
+        raise RuntimeError("the device went away")
+
+    detector.backend.close = broken  # type: ignore[method-assign]
+    detector.close()
+    assert detector.closed and "the device went away" in caplog.text
