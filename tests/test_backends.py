@@ -6,7 +6,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import List
+from typing import Callable, Iterator, List
 
 import numpy as np
 import pytest
@@ -267,21 +267,39 @@ def test_auto_plan_orders_candidates() -> None:
 
 
 # --- plugins --------------------------------------------------------------------------------
-def test_third_party_backend_registers_by_entry_point(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A real distribution's entry point (a dist-info directory on sys.path)."""
-    pkg = tmp_path / "edgewatch_fake_plugin.py"
-    pkg.write_text(
+@pytest.fixture
+def install_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str, str, str], None]]:
+    """install(module, source, "name = module:Class"): a real distribution whose entry point
+    registers a backend (a dist-info directory on sys.path); the modules go again afterwards."""
+    modules: List[str] = []
+
+    def install(module: str, source: str, entry: str) -> None:
+        (tmp_path / f"{module}.py").write_text(source)
+        dist = tmp_path / f"{module}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[edgewatch.backends]\n{entry}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        modules.append(module)
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_third_party_backend_registers_by_entry_point(
+    install_plugin: Callable[[str, str, str], None],
+) -> None:
+    install_plugin(
+        "edgewatch_fake_plugin",
         "from edge_agent.backends.tflite import TFLiteBackend\n"
-        "class FakeBackend(TFLiteBackend):\n    name = 'fake'\n"
+        "class FakeBackend(TFLiteBackend):\n    name = 'fake'\n",
+        "fake = edgewatch_fake_plugin:FakeBackend",
     )
-    dist = tmp_path / "edgewatch_fake_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-fake-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgewatch.backends]\nfake = edgewatch_fake_plugin:FakeBackend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     assert "fake" in registry.available_names()
     assert registry.backend_class("fake").__name__ == "FakeBackend"
-    sys.modules.pop("edgewatch_fake_plugin", None)
 
 
 @needs_openvino
@@ -335,46 +353,36 @@ def test_what_runs_what_is_declared_once_by_each_backend_class() -> None:
         registry.native_backend("hef")
 
 
-def test_a_plugin_joins_auto_through_its_own_class(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_plugin_joins_auto_through_its_own_class(install_plugin: Callable[[str, str, str], None]) -> None:
     """A new backend is one module plus its registration: its auto place and runtimes come with it."""
-    (tmp_path / "edgewatch_slot_plugin.py").write_text(
+    install_plugin(
+        "edgewatch_slot_plugin",
         "from edge_agent.backends.base import AutoSlot\n"
         "from edge_agent.backends.onnx import ONNXBackend\n"
         "class NPUBackend(ONNXBackend):\n"
         "    name = 'npu'\n"
         "    runtimes = ('npu', 'onnx')\n"
-        "    auto_slots = (AutoSlot(5, 'NPU0'),)\n"
+        "    auto_slots = (AutoSlot(5, 'NPU0'),)\n",
+        "npu = edgewatch_slot_plugin:NPUBackend",
     )
-    dist = tmp_path / "edgewatch_slot_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-slot-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgewatch.backends]\nnpu = edgewatch_slot_plugin:NPUBackend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert [(c.name, d) for c, d in registry.auto_order()][0] == ("npu", "NPU0")
-        assert "npu" in registry.artifact_runtimes()
-        assert registry.native_backend("npu").name == "npu"
-        first = plan(["onnx"])[0]
-        assert first[:2] == ("npu", "NPU0") and first[2] != ""  # tried first; its probe decides
-    finally:
-        sys.modules.pop("edgewatch_slot_plugin", None)
+    assert [(c.name, d) for c, d in registry.auto_order()][0] == ("npu", "NPU0")
+    assert "npu" in registry.artifact_runtimes()
+    assert registry.native_backend("npu").name == "npu"
+    first = plan(["onnx"])[0]
+    assert first[:2] == ("npu", "NPU0") and first[2] != ""  # tried first; its probe decides
 
 
-def test_a_plugin_registered_under_another_name_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "edgewatch_misnamed.py").write_text(
-        "from edge_agent.backends.onnx import ONNXBackend\nclass X(ONNXBackend):\n    name = 'x'\n"
+def test_a_plugin_registered_under_another_name_is_refused(
+    install_plugin: Callable[[str, str, str], None],
+) -> None:
+    install_plugin(
+        "edgewatch_misnamed",
+        "from edge_agent.backends.onnx import ONNXBackend\nclass X(ONNXBackend):\n    name = 'x'\n",
+        "y = edgewatch_misnamed:X",
     )
-    dist = tmp_path / "edgewatch_misnamed-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgewatch-misnamed\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgewatch.backends]\ny = edgewatch_misnamed:X\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        with pytest.raises(BackendError, match="calls itself 'x'"):
-            registry.backend_class("y")
-        assert "y" not in [c.name for c in registry.loadable_classes()]
-    finally:
-        sys.modules.pop("edgewatch_misnamed", None)
+    with pytest.raises(BackendError, match="calls itself 'x'"):
+        registry.backend_class("y")
+    assert "y" not in [c.name for c in registry.loadable_classes()]
 
 
 def test_a_detector_owns_its_backend_and_closes_it_once(shapes_bundle: Path) -> None:
