@@ -182,10 +182,10 @@ def load_config(
         source = str(p)
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such configuration file") from None
+        except FileNotFoundError as e:
+            raise ConfigError(f"{p}: no such configuration file") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the configuration must be a mapping of sections")
         doc = loaded or {}
@@ -209,7 +209,7 @@ def load_config(
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             reasons.append(f"{loc}: {msg}")
-        raise ConfigError(f"{source}: invalid configuration: " + "; ".join(reasons)) from None
+        raise ConfigError(f"{source}: invalid configuration: " + "; ".join(reasons)) from e
 
 
 def dump(config: AgentConfig) -> str:

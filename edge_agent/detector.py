@@ -64,7 +64,7 @@ class Detector:
         try:
             self.decoder.check([(o.name, o.shape) for o in backend.outputs], self.params, len(self.labels))
         except DecoderError as e:
-            raise DecoderError(f"{where}: decoder {m.decoder.type}: {e}") from None
+            raise DecoderError(f"{where}: decoder {m.decoder.type}: {e}") from e
         self.preprocess = Preprocessor(m.input, backend.input)
         self.thresholds = thresholds or Thresholds()
         self.options = self._options()
@@ -142,7 +142,7 @@ class Detector:
                 [(o.name, tuple(o.data.shape)) for o in outputs], self.params, len(self.labels)
             )
         except DecoderError as e:
-            raise DecoderError(f"{self.where}: decoder {self.decoder.type}: {e}") from None
+            raise DecoderError(f"{self.where}: decoder {self.decoder.type}: {e}") from e
         self.decode(outputs, transform)
 
     def close(self) -> None:

@@ -284,9 +284,7 @@ class HttpView:
             server = _Server((host, port), self)
         except OSError as e:
             why = e.strerror or str(e)
-            raise EdgewatchError(
-                f"http.listen {self.listen!r}: cannot listen on {host}:{port}: {why}"
-            ) from None
+            raise EdgewatchError(f"http.listen {self.listen!r}: cannot listen on {host}:{port}: {why}") from e
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-view", daemon=True

@@ -139,4 +139,4 @@ class CoralBackend(TFLiteBackend):
         except (ValueError, RuntimeError, OSError) as e:
             raise BackendUnavailable(
                 f"coral: the EdgeTPU delegate failed to load on {self.options.device or 'auto'}: {e}"
-            ) from None
+            ) from e

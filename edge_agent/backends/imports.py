@@ -152,7 +152,7 @@ def import_runtime(module: str, dist: str, install: str, hint: Optional[str] = N
             mod = importlib.import_module(module)
         except Exception as e:
             if isinstance(e, ImportError) and is_absent(e, module):
-                raise BackendUnavailable(f"{dist} is not installed ({install})") from None
-            raise cannot_load(dist, e, buf.getvalue(), hint) from None
+                raise BackendUnavailable(f"{dist} is not installed ({install})") from e
+            raise cannot_load(dist, e, buf.getvalue(), hint) from e
     replay(buf)
     return mod

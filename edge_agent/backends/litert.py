@@ -92,7 +92,7 @@ def make_interpreter(
         except Exception as e:
             if imports.is_numpy_abi_error(e, printed.getvalue()):
                 dist = runtime.split()[0]
-                raise imports.numpy_mismatch(dist, HINTS.get(dist)) from None
+                raise imports.numpy_mismatch(dist, HINTS.get(dist)) from e
             imports.replay(printed)
             raise
     imports.replay(printed)

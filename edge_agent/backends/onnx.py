@@ -63,7 +63,7 @@ class ONNXBackend(Backend):
         try:
             session = ort.InferenceSession(path, sess_options=so, providers=[provider])
         except Exception as e:  # onnxruntime raises its own exception classes
-            raise BackendError(f"{path}: onnxruntime cannot load it: {e}") from None
+            raise BackendError(f"{path}: onnxruntime cannot load it: {e}") from e
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise BackendError(f"{path}: expected one input, found {len(inputs)}")

@@ -57,8 +57,8 @@ def _darknet_input(cfg: Path) -> Tuple[int, int, int]:
             values[key.strip()] = value.strip()
     try:
         return int(values.get("channels", 3)), int(values["height"]), int(values["width"])
-    except (KeyError, ValueError):
-        raise BackendError(f"{cfg}: the [net] section needs integer width and height") from None
+    except (KeyError, ValueError) as e:
+        raise BackendError(f"{cfg}: the [net] section needs integer width and height") from e
 
 
 class OpenCVBackend(Backend):
@@ -107,7 +107,7 @@ class OpenCVBackend(Backend):
             else:
                 raise BackendError(f"{path}: opencv reads .onnx, .pb (+.pbtxt) or darknet .cfg/.weights")
         except cv2.error as e:
-            raise BackendError(f"{path}: OpenCV cannot read it: {str(e).strip().splitlines()[-1]}") from None
+            raise BackendError(f"{path}: OpenCV cannot read it: {str(e).strip().splitlines()[-1]}") from e
         backend_id, target_id = TARGETS[device]
         net.setPreferableBackend(backend_id)
         net.setPreferableTarget(target_id)
@@ -125,7 +125,7 @@ class OpenCVBackend(Backend):
         try:
             out = self._net.forward(self._output_names)
         except cv2.error as e:
-            raise BackendError(f"opencv: forward failed: {str(e).strip().splitlines()[-1]}") from None
+            raise BackendError(f"opencv: forward failed: {str(e).strip().splitlines()[-1]}") from e
         return [np.asarray(a) for a in out]
 
     def infer(self, tensor: np.ndarray) -> List[OutputTensor]:

@@ -123,7 +123,7 @@ class OpenVINOBackend(Backend):
         except RuntimeError as e:
             raise BackendError(
                 f"{xml}: OpenVINO {version} cannot load it on {device}: {_first_line(e)}"
-            ) from None
+            ) from e
         if len(compiled.inputs) != 1:
             raise BackendError(f"{xml}: expected one input, found {len(compiled.inputs)}")
         self._compiled = compiled

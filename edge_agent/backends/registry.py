@@ -57,7 +57,7 @@ def backend_class(name: str) -> Type[Backend]:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise BackendError(f"backend {name!r} ({target}) cannot be imported: {e}") from None
+        raise BackendError(f"backend {name!r} ({target}) cannot be imported: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend {name!r} ({target}) is not an edge_agent Backend subclass")
     if cls.name != name:

@@ -46,7 +46,7 @@ class TFLiteBackend(Backend):
             interp = litert.make_interpreter(path, opts.threads, self._delegates(), xnnpack=xnnpack)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise BackendError(f"{path}: the TFLite interpreter cannot load it: {e}") from None
+            raise BackendError(f"{path}: the TFLite interpreter cannot load it: {e}") from e
         self._interp = interp
         inputs = interp.get_input_details()
         if len(inputs) != 1:

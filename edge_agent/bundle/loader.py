@@ -46,7 +46,7 @@ def manifest_document(data: bytes, where: str) -> Dict[str, Any]:
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{where}: not valid UTF-8 JSON: {e}") from None
+        raise BundleError(f"{where}: not valid UTF-8 JSON: {e}") from e
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: the manifest must be a JSON object")
     return raw
@@ -58,13 +58,13 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
-        raise BundleError(f"{where}: {_describe(e)}") from None
+        raise BundleError(f"{where}: {_describe(e)}") from e
     # The decoder type and its params are part of the manifest's contract: check them now,
     # not at the first frame.
     try:
         parse_params(manifest.decoder.type, manifest.decoder.params)
     except DecoderError as e:
-        raise BundleError(f"{where}: decoder: {e}") from None
+        raise BundleError(f"{where}: decoder: {e}") from e
     return manifest
 
 
@@ -120,10 +120,10 @@ def read_manifest(directory: Path) -> Tuple[Path, bytes]:
     mpath = directory / MANIFEST
     try:
         return mpath, mpath.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{mpath}: missing; a bundle directory holds manifest.json") from None
+    except FileNotFoundError as e:
+        raise BundleError(f"{mpath}: missing; a bundle directory holds manifest.json") from e
     except OSError as e:
-        raise BundleError(f"{mpath}: cannot read: {e.strerror}") from None
+        raise BundleError(f"{mpath}: cannot read: {e.strerror}") from e
 
 
 def load_bundle(

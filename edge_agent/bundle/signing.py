@@ -70,7 +70,7 @@ def write_keypair(name: Union[str, Path], force: bool = False) -> Tuple[Path, Pa
             private.unlink(missing_ok=True)
             raise
     except OSError as e:
-        raise SignatureError(f"cannot write the key pair: {e.filename}: {e.strerror}") from None
+        raise SignatureError(f"cannot write the key pair: {e.filename}: {e.strerror}") from e
     return private, public
 
 
@@ -79,7 +79,7 @@ def load_private_key(path: Union[str, Path]) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(p.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        raise SignatureError(f"{p}: not a readable unencrypted PEM private key: {e}") from None
+        raise SignatureError(f"{p}: not a readable unencrypted PEM private key: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{p}: not an Ed25519 key")
     return key
@@ -90,7 +90,7 @@ def load_public_key(path: Union[str, Path]) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(p.read_bytes())
     except (OSError, ValueError) as e:
-        raise SignatureError(f"{p}: not a readable PEM public key: {e}") from None
+        raise SignatureError(f"{p}: not a readable PEM public key: {e}") from e
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{p}: not an Ed25519 public key")
     return key

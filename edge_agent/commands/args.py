@@ -152,4 +152,4 @@ def parse_args(command_type: str, args: Dict[str, Any]) -> CommandArgs:
     try:
         return model.model_validate(args)
     except ValidationError as e:
-        raise ValueError(describe_errors(e)) from None
+        raise ValueError(describe_errors(e)) from e

@@ -284,7 +284,7 @@ def _decode(payload: Union[bytes, bytearray]) -> Dict[str, Any]:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CommandRejected(None, f"not UTF-8 JSON: {e}") from None
+        raise CommandRejected(None, f"not UTF-8 JSON: {e}") from e
     problem = _nesting_problem(bytes(payload), MAX_NESTING)
     if problem is not None:
         if problem.startswith("nested"):
@@ -303,9 +303,9 @@ def _decode(payload: Union[bytes, bytearray]) -> Dict[str, Any]:
             parse_float=reader.real,
         )
     except ValueError as e:
-        raise CommandRejected(None, f"not UTF-8 JSON: {e}") from None
-    except RecursionError:  # _nesting_problem makes this unreachable; a refusal all the same
-        raise CommandRejected(None, f"not UTF-8 JSON: nested deeper than {MAX_NESTING} levels") from None
+        raise CommandRejected(None, f"not UTF-8 JSON: {e}") from e
+    except RecursionError as e:  # _nesting_problem makes this unreachable; a refusal all the same
+        raise CommandRejected(None, f"not UTF-8 JSON: nested deeper than {MAX_NESTING} levels") from e
     if not isinstance(doc, dict):
         raise CommandRejected(None, "not a JSON object")
     if isinstance(doc, _Duplicated) and "id" in doc.duplicates:
@@ -323,10 +323,8 @@ def _check_unicode(command_id: str, doc: Dict[str, Any]) -> None:
     signed, stored, logged as UTF-8 nor quoted back in a result."""
     try:
         canonical_json(doc)
-    except ValueError:  # UnicodeEncodeError; numbers are finite and nesting is bounded by now
-        raise CommandRejected(
-            command_id, "envelope: a string is not valid Unicode (a lone surrogate)"
-        ) from None
+    except ValueError as e:  # UnicodeEncodeError; numbers are finite and nesting is bounded by now
+        raise CommandRejected(command_id, "envelope: a string is not valid Unicode (a lone surrogate)") from e
 
 
 def _describe_envelope_error(err: ValidationError) -> str:
@@ -373,7 +371,7 @@ class CommandChecker:
         try:
             envelope = Envelope.model_validate(doc)
         except ValidationError as e:
-            raise CommandRejected(command_id, _describe_envelope_error(e)) from None
+            raise CommandRejected(command_id, _describe_envelope_error(e)) from e
         verified = self._check_signature(command_id, doc)
         return self._admit(command_id, envelope, verified)
 
@@ -397,7 +395,7 @@ class CommandChecker:
         try:
             args = parse_args(envelope.type, envelope.args)
         except ValueError as e:
-            raise rejected(str(e)) from None
+            raise rejected(str(e)) from e
         return Command(
             id=command_id, type=envelope.type, args=args, envelope=envelope, signature_verified=verified
         )

@@ -51,7 +51,7 @@ def parse_rfc3339(text: str) -> float:
         # A leap second (:60) is read as the last instant of its minute.
         dt = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=tz)
     except ValueError as e:
-        raise ValueError(f"{text!r} is not a valid date-time: {e}") from None
+        raise ValueError(f"{text!r} is not a valid date-time: {e}") from e
     return dt.timestamp() + (float("0." + fraction) if fraction else 0.0)
 
 

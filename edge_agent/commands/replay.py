@@ -35,7 +35,7 @@ class SeenIds:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise EdgewatchError(f"{self.path.parent}: cannot create the directory: {e}") from None
+            raise EdgewatchError(f"{self.path.parent}: cannot create the directory: {e}") from e
         self._db = self._open()
 
     def _connect(self) -> sqlite3.Connection:
@@ -51,7 +51,7 @@ class SeenIds:
         try:
             return self._connect()
         except sqlite3.OperationalError as e:  # permissions, a directory in the way, a full disk
-            raise EdgewatchError(f"{self.path}: {_CANNOT_OPEN}: {e}") from None
+            raise EdgewatchError(f"{self.path}: {_CANNOT_OPEN}: {e}") from e
         except sqlite3.DatabaseError as e:
             # A damaged file must not keep the device from starting: set it aside, start
             # afresh (the clock-skew check still bounds what could be replayed) and say so.
@@ -61,7 +61,7 @@ class SeenIds:
                 self.path.replace(aside)
                 return self._connect()
             except (OSError, sqlite3.Error) as e2:
-                raise EdgewatchError(f"{self.path}: {_CANNOT_OPEN}: {e2}") from None
+                raise EdgewatchError(f"{self.path}: {_CANNOT_OPEN}: {e2}") from e2
 
     def __contains__(self, command_id: object) -> bool:
         if not isinstance(command_id, str):
@@ -85,7 +85,7 @@ class SeenIds:
             except sqlite3.Error as e:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise EdgewatchError(f"{self.path}: cannot record command id: {e}") from None
+                raise EdgewatchError(f"{self.path}: cannot record command id: {e}") from e
 
     def __len__(self) -> int:
         with self._lock:

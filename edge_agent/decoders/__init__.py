@@ -30,10 +30,10 @@ DECODERS: Dict[str, Decoder[Any]] = {
 def get_decoder(type_name: str) -> Decoder[Any]:
     try:
         return DECODERS[type_name]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError) as e:
         raise DecoderError(
             f"unknown decoder type {type_name!r}; known types: {', '.join(sorted(DECODERS))}"
-        ) from None
+        ) from e
 
 
 def _describe(decoder: Decoder[Any], err: ErrorDetails) -> str:
@@ -58,5 +58,5 @@ def parse_params(type_name: str, params: Optional[Mapping[str, Any]]) -> Decoder
         result: DecoderParams = decoder.params.model_validate(dict(params))
     except ValidationError as e:
         details = "; ".join(_describe(decoder, err) for err in e.errors())
-        raise DecoderError(f"{type_name} decoder: {details}") from None
+        raise DecoderError(f"{type_name} decoder: {details}") from e
     return result

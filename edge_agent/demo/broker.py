@@ -31,8 +31,8 @@ _MISSING_AMQTT = (
 def _broker_class() -> Any:
     try:
         from amqtt.broker import Broker
-    except ImportError:  # not installed; on Python 3.9 it cannot be
-        raise EdgewatchError(_MISSING_AMQTT) from None
+    except ImportError as e:  # not installed; on Python 3.9 it cannot be
+        raise EdgewatchError(_MISSING_AMQTT) from e
     return Broker
 
 

@@ -139,7 +139,7 @@ class ModelStore:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             self.staging_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"{self.root}: cannot create the model store: {e.strerror}") from None
+            raise StoreError(f"{self.root}: cannot create the model store: {e.strerror}") from e
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -150,11 +150,11 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StoreError(f"{self.pointer_path}: cannot read: {e.strerror}") from None
+            raise StoreError(f"{self.pointer_path}: cannot read: {e.strerror}") from e
         try:
             return Pointer.model_validate_json(data)
         except ValidationError as e:
-            raise StoreError(f"{self.pointer_path}: not a valid pointer: {e.errors()[0]['msg']}") from None
+            raise StoreError(f"{self.pointer_path}: not a valid pointer: {e.errors()[0]['msg']}") from e
 
     def _load(self, directory: Path) -> Optional[StoredVersion]:
         """The installed version in ``directory`` (manifest parsed, files not hashed), or None."""
@@ -302,7 +302,7 @@ class ModelStore:
         try:
             bundle = load_bundle(staging, verify=verify)
         except BundleError as e:
-            raise StoreError(f"cannot install {staging}: {e}") from None
+            raise StoreError(f"cannot install {staging}: {e}") from e
         name, version = bundle.manifest.name, bundle.manifest.version
         # Durable before anything in models/ changes: a power cut after this point finds a
         # complete copy here (recover() restores a current version from it).
@@ -351,7 +351,7 @@ class ModelStore:
             fetch_bundle(source.as_uri() + "/", staging, s3=S3Config(), max_bytes=self.max_bundle_bytes)
             return self.install(staging)
         except EdgewatchError as e:
-            raise StoreError(f"cannot import {source}: {e}") from None
+            raise StoreError(f"cannot import {source}: {e}") from e
         finally:
             if staging.exists():
                 self.discard(staging)
