@@ -2,8 +2,9 @@
 manifest.json}`` and, optionally, ``s3://BUCKET/PREFIX/NAME/channels/CHANNEL.json``.
 
 - The bundle is verified locally first (the agent's own loader).
-- Artifact files go up first, then manifest.sig, then manifest.json: a reader that sees the
-  manifest sees a complete version. The channel pointer is written after that.
+- Artifact files go up first, side by side, then manifest.sig once they are all there, then
+  manifest.json: a reader that sees the manifest sees a complete version. The channel pointer
+  is written after that.
 - Every object carries its sha256 in the metadata key ``sha256``; an object that already has the
   same size and sha256 is skipped, so publishing twice uploads nothing the second time.
 - Versions are immutable: an existing version whose manifest differs is refused unless ``force``.
@@ -15,16 +16,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 from urllib.parse import urlparse
 
 from edge_agent.bundle import MANIFEST, SIGNATURE, Bundle, load_bundle, sha256_file
 from edge_agent.bundle.manifest import NAME_RE
+from edge_agent.config import S3Config
+from edge_agent.s3 import (
+    CREDENTIAL_CODES,
+    DENIED_CODES,
+    NOT_FOUND_CODES,
+    S3Error,
+    S3Url,
+    error_code,
+    make_client,
+    parse_s3_url,
+)
 
 from .cli import TrainerError
 
@@ -33,25 +45,12 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
 DEFAULT_MULTIPART_CHUNKSIZE = 8 * MiB
-# DNS-style bucket names, plus the legacy upper case and underscores some old buckets have.
-BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
 CONTENT_TYPES = {MANIFEST: "application/json", SIGNATURE: "text/plain"}
+T = TypeVar("T")
 
 
 class PublishError(TrainerError):
     """Publishing failed; the message names the object, bucket or endpoint at fault."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str  # without leading or trailing "/"; may be empty
-
-    def key(self, *parts: str) -> str:
-        return "/".join(p for p in (self.prefix, *parts) if p)
-
-    def uri(self, *parts: str) -> str:
-        return f"s3://{self.bucket}/{self.key(*parts)}"
 
 
 @dataclass
@@ -72,59 +71,16 @@ class PublishResult:
         return out
 
 
-def parse_s3_uri(uri: str) -> S3Location:
-    """``s3://BUCKET[/PREFIX]`` -> S3Location; a clear error for anything else."""
-    bad = f"{uri!r} is not an s3://BUCKET/PREFIX URI"
-    if not uri.startswith("s3://"):
-        raise PublishError(bad)
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
-        raise PublishError(f"{bad}: {bucket!r} is not a valid bucket name")
-    prefix = prefix.strip("/")
-    if prefix:
-        parts = prefix.split("/")
-        if any(p in ("", ".", "..") for p in parts) or any(c in prefix for c in "\\\x00?#"):
-            raise PublishError(f"{bad}: the prefix {prefix!r} has an empty, '.' or '..' part")
-    return S3Location(bucket, prefix)
-
-
-def _check_endpoint(endpoint_url: str) -> None:
-    u = urlparse(endpoint_url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise PublishError(f"--endpoint-url {endpoint_url!r} is not an http:// or https:// URL")
-
-
-def make_client(
-    endpoint_url: Optional[str] = None, region: Optional[str] = None, profile: Optional[str] = None
-) -> Any:
-    """A boto3 S3 client from the usual credential chain (environment, ``profile``, config
-    files, instance roles). Path-style addressing for custom endpoints (MinIO, moto, Ceph…)."""
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError
-
-    if endpoint_url is not None:
-        _check_endpoint(endpoint_url)
-    cfg: Dict[str, Any] = {"connect_timeout": 10, "read_timeout": 120}
-    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
-        cfg["retries"] = {"mode": "standard"}
-    if endpoint_url is not None and not (urlparse(endpoint_url).hostname or "").endswith(".amazonaws.com"):
-        cfg["s3"] = {"addressing_style": "path"}
+def parse_s3_uri(uri: str) -> S3Url:
+    """``s3://BUCKET[/PREFIX]`` -> its bucket and prefix (``key(*parts)`` below it); a clear
+    error for anything else."""
     try:
-        session = boto3.session.Session(profile_name=profile, region_name=region)
-        return session.client("s3", endpoint_url=endpoint_url, config=Config(**cfg))
-    except BotoCoreError as e:  # ProfileNotFound, bad region, …
-        raise PublishError(f"cannot set up the S3 client: {e}") from None
-    except ValueError as e:  # botocore: "Invalid endpoint: …"
-        raise PublishError(f"cannot set up the S3 client: {e}") from None
+        return parse_s3_url(uri, "s3://BUCKET/PREFIX")
+    except S3Error as e:
+        raise PublishError(str(e)) from e
 
 
-def _error_code(e: Exception) -> str:
-    response = getattr(e, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _describe(e: Exception, loc: S3Location, uri: str) -> str:
+def _describe(e: Exception, loc: S3Url, uri: str) -> str:
     """One line naming what went wrong with which object, bucket or endpoint."""
     from botocore.exceptions import (
         ClientError,
@@ -147,16 +103,16 @@ def _describe(e: Exception, loc: S3Location, uri: str) -> str:
             f" ({why.group(1).strip()})" if why else ""
         )
     if isinstance(e, ClientError):
-        code = _error_code(e)
+        code = error_code(e)
         msg = e.response.get("Error", {}).get("Message") or code
         if code == "NoSuchBucket":
             return f"bucket {loc.bucket!r} does not exist"
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        if code in CREDENTIAL_CODES:
             return f"the S3 endpoint rejected the credentials ({code}: {msg})"
-        if code in ("AccessDenied", "403", "Forbidden"):
+        if code in DENIED_CODES:
             return (
                 f"access denied to {uri} (publishing needs s3:GetObject, s3:PutObject and "
-                f"s3:ListBucket on s3://{loc.bucket}/{loc.prefix})"
+                f"s3:ListBucket on {loc.uri()})"
             )
         return f"{uri}: {code}: {msg}"
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -166,37 +122,35 @@ def _describe(e: Exception, loc: S3Location, uri: str) -> str:
 class _S3:
     """The few S3 calls publishing makes, each turning botocore errors into PublishError."""
 
-    def __init__(self, client: Any, loc: S3Location) -> None:
+    def __init__(self, client: Any, loc: S3Url) -> None:
         self.client = client
         self.loc = loc
 
     def _fail(self, e: Exception, key: str) -> PublishError:
         return PublishError(_describe(e, self.loc, f"s3://{self.loc.bucket}/{key}"))
 
-    def get(self, key: str) -> Optional[bytes]:
+    def _unless_absent(self, key: str, call: Callable[[], T]) -> Optional[T]:
+        """``call()`` on the object at ``key``; None when there is no such object."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.loc.bucket, Key=key)
-            return bytes(obj["Body"].read())
+            return call()
         except ClientError as e:
-            if _error_code(e) in ("NoSuchKey", "404"):
+            if error_code(e) in NOT_FOUND_CODES:
                 return None
-            raise self._fail(e, key) from None
+            raise self._fail(e, key) from e
         except BotoCoreError as e:
-            raise self._fail(e, key) from None
+            raise self._fail(e, key) from e
+
+    def get(self, key: str) -> Optional[bytes]:
+        return self._unless_absent(
+            key, lambda: bytes(self.client.get_object(Bucket=self.loc.bucket, Key=key)["Body"].read())
+        )
 
     def head(self, key: str) -> Optional[Dict[str, Any]]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return dict(self.client.head_object(Bucket=self.loc.bucket, Key=key))
-        except ClientError as e:
-            if _error_code(e) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise self._fail(e, key) from None
-        except BotoCoreError as e:
-            raise self._fail(e, key) from None
+        return self._unless_absent(
+            key, lambda: dict(self.client.head_object(Bucket=self.loc.bucket, Key=key))
+        )
 
     def put(self, key: str, data: bytes, content_type: str, cache_control: Optional[str] = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -248,6 +202,18 @@ def _bundle_files(bundle: Bundle) -> List[Tuple[str, Path, int, str]]:
     return out
 
 
+def _waves(todo: List[Tuple[str, Path, int, str]]) -> List[List[Tuple[str, Path, int, str]]]:
+    """``todo`` (in :func:`_bundle_files` order) in the groups that go up one after another: the
+    artifact files together, then manifest.sig, then manifest.json, each only once everything
+    before it is in place (a reader that finds the manifest finds every file it lists, and the
+    signature that goes with it)."""
+    last = {SIGNATURE: 1, MANIFEST: 2}
+    waves: List[List[Tuple[str, Path, int, str]]] = [[], [], []]
+    for item in todo:
+        waves[last.get(item[1].name, 0)].append(item)
+    return [wave for wave in waves if wave]
+
+
 def publish(
     bundle_dir: Union[str, Path],
     destination: str,
@@ -278,7 +244,15 @@ def publish(
         raise PublishError(f"channel {channel!r} does not match [a-z0-9][a-z0-9._-]{{0,63}}")
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    s3 = _S3(client if client is not None else make_client(endpoint_url, region, profile), loc)
+    if client is None:
+        settings = S3Config(endpoint_url=endpoint_url, region=region, profile=profile)
+        try:
+            client = make_client(
+                settings, connect_timeout_s=10, read_timeout_s=120, endpoint_option="--endpoint-url"
+            )
+        except S3Error as e:
+            raise PublishError(str(e)) from e
+    s3 = _S3(client, loc)
     version_key = loc.key(m.name, m.version)
     manifest_key = f"{version_key}/{MANIFEST}"
     result = PublishResult(
@@ -328,27 +302,39 @@ def publish(
             file=sys.stderr,
             disable=not progress,
         )
+        bar_lock = threading.Lock()  # the transfer threads report progress side by side
+
+        def advance(nbytes: int) -> None:
+            with bar_lock:
+                bar.update(nbytes)
+
         with bar, create_transfer_manager(s3.client, config) as manager:
-            for key, path, _size, sha in todo:
-                extra = {
-                    "Metadata": {"sha256": sha},
-                    "ContentType": CONTENT_TYPES.get(path.name, "application/octet-stream"),
-                }
-                future = manager.upload(
-                    str(path),
-                    loc.bucket,
-                    key,
-                    extra_args=extra,
-                    subscribers=[ProgressCallbackInvoker(bar.update)],
-                )
-                try:
-                    future.result()
-                except (ClientError, BotoCoreError) as e:
-                    raise s3._fail(e, key) from None
-                except OSError as e:
-                    raise PublishError(f"{path}: cannot read: {e.strerror}") from None
-                log.info("uploaded s3://%s/%s", loc.bucket, key)
-                result.uploaded.append(key)
+            for wave in _waves(todo):
+                # Every file of a wave is under way at once (max_concurrency requests at most);
+                # the next wave starts once the whole of this one is in place.
+                futures = []
+                for key, path, _size, sha in wave:
+                    extra = {
+                        "Metadata": {"sha256": sha},
+                        "ContentType": CONTENT_TYPES.get(path.name, "application/octet-stream"),
+                    }
+                    future = manager.upload(
+                        str(path),
+                        loc.bucket,
+                        key,
+                        extra_args=extra,
+                        subscribers=[ProgressCallbackInvoker(advance)],
+                    )
+                    futures.append((key, path, future))
+                for key, path, future in futures:
+                    try:
+                        future.result()
+                    except (ClientError, BotoCoreError) as e:
+                        raise s3._fail(e, key) from e
+                    except OSError as e:
+                        raise PublishError(f"{path}: cannot read: {e.strerror}") from e
+                    log.info("uploaded s3://%s/%s", loc.bucket, key)
+                    result.uploaded.append(key)
     if channel is not None:
         pointer = {"version": m.version, "manifest": result.manifest, "sha256": bundle.manifest_sha256}
         data = (json.dumps(pointer, indent=2) + "\n").encode("utf-8")

@@ -153,6 +153,12 @@ def test_the_s3_extra_is_imported_only_for_s3(
         fetch_bundle("s3://bucket/b/manifest.json", tmp_path / "d", s3=NO_S3, max_bytes=1)
 
 
+def test_a_bad_s3_uri_is_a_fetch_error_naming_it(tmp_path: Path) -> None:
+    bad = "'s3:///b/manifest.json' is not an s3://BUCKET/KEY/manifest.json URI: '' is not a valid bucket name"
+    with pytest.raises(FetchError, match=f"^{re.escape(bad)}$"):
+        fetch_bundle("s3:///b/manifest.json", tmp_path / "d", s3=NO_S3, max_bytes=1)
+
+
 # -- s3:// -------------------------------------------------------------------------------------
 
 

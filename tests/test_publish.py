@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -224,7 +225,9 @@ def test_publish_uploads_everything_manifest_last(tmp_path: Path, s3: S3) -> Non
     )
 
     puts = [k for op, k in calls.writes()]
-    assert puts == [base + f for f in files] + ["models/shapes/channels/stable.json"]  # manifest last
+    # The artifact files go up side by side (in any order), then the signature, the manifest, the channel.
+    assert sorted(puts[:3]) == sorted(base + f for f in files[:3])
+    assert puts[3:] == [base + f for f in files[3:]] + ["models/shapes/channels/stable.json"]  # manifest last
     channel = json.loads(s3.get("models/shapes/channels/stable.json"))
     assert channel == {"version": "1.4.0", "manifest": res.manifest, "sha256": b.manifest_sha256}
 
@@ -240,6 +243,60 @@ def test_publish_uploads_everything_manifest_last(tmp_path: Path, s3: S3) -> Non
     assert calls.writes() == [("PutObject", "models/shapes/channels/beta.json")]
 
 
+class Overlap:
+    """Watches a client's PutObject requests: each artifact file's request is held until another
+    one is under way too (or 10 s have passed: then they are not side by side), and every start
+    and end is written down in order."""
+
+    def __init__(self, client: Any, artifacts: List[str]) -> None:
+        self.artifacts = set(artifacts)
+        self.events: List[Tuple[str, str]] = []  # ("start" | "end", key)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._lock = threading.Lock()
+        self._two = threading.Event()
+        client.meta.events.register("before-parameter-build.s3.PutObject", self._start)
+        client.meta.events.register("after-call.s3.PutObject", self._end)
+
+    def _start(self, params: Any, context: Any, **kwargs: Any) -> None:
+        key = context["overlap_key"] = params["Key"]
+        with self._lock:
+            self.events.append(("start", key))
+            if key in self.artifacts:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                if self.in_flight >= 2:
+                    self._two.set()
+        if key in self.artifacts and not self._two.wait(10):
+            self._two.set()  # one at a time: let the rest through (most_in_flight stays 1)
+
+    def _end(self, context: Any, **kwargs: Any) -> None:
+        key = context["overlap_key"]
+        with self._lock:
+            self.events.append(("end", key))
+            if key in self.artifacts:
+                self.in_flight -= 1
+
+    def index(self, event: str, key: str) -> int:
+        return self.events.index((event, key))
+
+
+def test_publish_uploads_the_files_side_by_side_then_the_manifest(tmp_path: Path, s3: S3) -> None:
+    key, _ = keypair(tmp_path)
+    d = make_bundle(tmp_path / "b", sign_key=key)
+    base = "m/shapes/1.0.0/"
+    artifacts = [base + f for f in ("model.tflite", "model.xml", "model.bin")]
+    overlap = Overlap(s3.client, artifacts)
+    publish(d, s3.uri("m"), client=s3.client, channel="stable")
+    assert overlap.most_in_flight >= 2, "the artifact files went up one after another"
+    # Still: manifest.sig once every file is in place, manifest.json after it, the channel last.
+    sig, manifest, channel = base + "manifest.sig", base + "manifest.json", "m/shapes/channels/stable.json"
+    assert all(overlap.index("end", a) < overlap.index("start", sig) for a in artifacts)
+    assert overlap.index("end", sig) < overlap.index("start", manifest)
+    assert overlap.index("end", manifest) < overlap.index("start", channel)
+    assert [e for e in overlap.events if e[0] == "start"][-1] == ("start", channel)
+
+
 def test_publish_repairs_a_missing_or_altered_file(tmp_path: Path, s3: S3) -> None:
     d = make_bundle(tmp_path / "b")
     publish(d, s3.uri(), client=s3.client)
@@ -248,7 +305,7 @@ def test_publish_repairs_a_missing_or_altered_file(tmp_path: Path, s3: S3) -> No
     calls = Calls(s3.client)
     res = publish(d, s3.uri(), client=s3.client)
     assert sorted(res.uploaded) == ["shapes/1.0.0/model.bin", "shapes/1.0.0/model.xml"]
-    assert [k for _, k in calls.writes()] == ["shapes/1.0.0/model.xml", "shapes/1.0.0/model.bin"]
+    assert sorted(k for _, k in calls.writes()) == ["shapes/1.0.0/model.bin", "shapes/1.0.0/model.xml"]
     assert s3.get("shapes/1.0.0/model.bin") == (d / "model.bin").read_bytes()
 
 
@@ -322,6 +379,7 @@ def test_s3_uri_forms() -> None:
 # --- the command line, as a user runs it ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_publish(tmp_path: Path, s3: S3) -> None:
     d = make_bundle(tmp_path / "b", version="3.1.0")
     args = ("publish", str(d), s3.uri("models"), "--endpoint-url", s3.endpoint_url)
@@ -353,6 +411,7 @@ def free_closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_cli_publish_errors(tmp_path: Path, s3: S3) -> None:
     d = make_bundle(tmp_path / "b")
     env = {**os.environ, "AWS_MAX_ATTEMPTS": "1"}

@@ -42,8 +42,8 @@ def register(subparsers: Any) -> None:
         "publish",
         help="upload a bundle to S3",
         description="Verify BUNDLE locally, then upload it to s3://BUCKET/PREFIX/NAME/VERSION/: the "
-        "artifact files, manifest.sig, and manifest.json last. Files already there with the same "
-        "size and sha256 are skipped; an existing version with a different manifest is refused "
+        "artifact files side by side, then manifest.sig, and manifest.json last. Files already there "
+        "with the same size and sha256 are skipped; an existing version with a different manifest is refused "
         "(versions are immutable) unless --force. With --channel C, also write "
         "s3://BUCKET/PREFIX/NAME/channels/C.json. Prints one JSON line "
         '{"manifest", "sha256", "version"[, "channel"]}. Credentials come from the usual AWS '

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..errors import EdgewatchError
-from ..mqtt.link import build_tls_context, read_password
+from ..mqtt.tls import build_tls_context, read_password
 
 log = logging.getLogger("edge_agent.ctl")
 

@@ -17,11 +17,11 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Dict, Optional
 
-from ..bundle import SIGNATURE, parse_manifest
+from ..config import S3Config
 from ..errors import EdgewatchError
+from ..s3 import NOT_FOUND_CODES, S3Error, S3Url, error_code, make_client, parse_s3_url
 
 # SigV4 pre-signed URLs live at most 7 days.
 MAX_URL_EXPIRES_S = 7 * 24 * 3600
@@ -34,38 +34,22 @@ class PresignedBundle:
     files: Dict[str, str]  # file name -> pre-signed URL
 
 
-def split_s3_uri(uri: str) -> Tuple[str, str]:
-    """(bucket, key) of ``s3://BUCKET/KEY``."""
-    parts = urlsplit(uri)
-    key = parts.path.lstrip("/")
-    if parts.scheme != "s3" or not parts.netloc or not key:
-        raise EdgewatchError(f"--presign needs an s3://BUCKET/KEY manifest URI, not {uri!r}")
-    return parts.netloc, key
+def _client(endpoint_url: Optional[str]) -> Any:
+    """The operator's S3 client: the usual credential chain, ``--endpoint-url`` if given."""
+    return make_client(S3Config(endpoint_url=endpoint_url), endpoint_option="--endpoint-url")
 
 
-def _s3_client(endpoint_url: Optional[str]) -> Any:
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise EdgewatchError("--presign needs boto3: pip install 'edgewatch[s3]'") from None
-    # Path-style addressing for custom endpoints (MinIO, moto, Ceph): their bucket names
-    # are rarely DNS names. SigV4: the only signature every region accepts.
-    config = Config(signature_version="s3v4", s3={"addressing_style": "path" if endpoint_url else "auto"})
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _read_object(client: Any, uri: str) -> bytes:
-    """The bytes of the object at ``uri``, or an error naming it."""
+def _read_object(client: Any, url: S3Url) -> bytes:
+    """The bytes of the object at ``url``, or an error naming it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, key = split_s3_uri(uri)
     try:
-        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data: bytes = client.get_object(Bucket=url.bucket, Key=url.path)["Body"].read()
     except ClientError as e:
-        raise EdgewatchError(f"{uri}: {e.response.get('Error', {}).get('Message') or e}") from None
+        message = e.response.get("Error", {}).get("Message") or e
+        raise EdgewatchError(f"{url.uri()}: {message}") from e
     except BotoCoreError as e:
-        raise EdgewatchError(f"{uri}: {e}") from None
+        raise EdgewatchError(f"{url.uri()}: {e}") from e
     return data
 
 
@@ -76,7 +60,7 @@ def _object_size(client: Any, bucket: str, key: str) -> Optional[int]:
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if error_code(e) in NOT_FOUND_CODES:
             return None
         raise
     return int(head["ContentLength"])
@@ -91,11 +75,16 @@ def presign_bundle(
     """Read and check the manifest at ``manifest_uri``, and pre-sign every file of the bundle."""
     if not 0 < expires_s <= MAX_URL_EXPIRES_S:
         raise EdgewatchError(f"pre-signed URLs can live 1 to {MAX_URL_EXPIRES_S} s, not {expires_s}")
-    bucket, manifest_key = split_s3_uri(manifest_uri)
-    client = _s3_client(endpoint_url)
+    url = parse_s3_url(manifest_uri, object_key=True)
+    bucket, manifest_key = url.bucket, url.path
+    client = _client(endpoint_url)
     from botocore.exceptions import BotoCoreError, ClientError
 
-    data = _read_object(client, manifest_uri)
+    # The device's own check of a manifest: it knows every decoder's params, and so imports the
+    # decoders (and numpy) on first use; nothing else edge-ctl does needs them.
+    from ..bundle.loader import SIGNATURE, parse_manifest
+
+    data = _read_object(client, url)
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and expected_sha256 != sha256:
         raise EdgewatchError(
@@ -138,8 +127,11 @@ CHANNEL_KEY = re.compile(r"(^|/)channels/[a-z0-9][a-z0-9._-]{0,63}\.json$")
 
 
 def is_channel_uri(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return parts.scheme == "s3" and bool(CHANNEL_KEY.search(parts.path))
+    try:
+        url = parse_s3_url(uri, object_key=True)
+    except S3Error:
+        return False
+    return bool(CHANNEL_KEY.search(url.path))
 
 
 @dataclass(frozen=True)
@@ -152,7 +144,7 @@ class ChannelPointer:
 def resolve_channel(uri: str, endpoint_url: Optional[str] = None) -> ChannelPointer:
     """Read the channel file at ``uri``: the version it points at, and that version's manifest
     URI and sha256."""
-    data = _read_object(_s3_client(endpoint_url), uri)
+    data = _read_object(_client(endpoint_url), parse_s3_url(uri, object_key=True))
     try:
         doc = json.loads(data)
         pointer = ChannelPointer(

@@ -2,8 +2,8 @@
 
 A bundle is found by its manifest's URI:
 
-- ``s3://BUCKET/KEY/manifest.json`` — boto3 (the ``s3`` extra, imported only here and only for
-  such URIs) with ``s3.endpoint_url``, ``s3.region`` and ``s3.profile``;
+- ``s3://BUCKET/KEY/manifest.json`` — boto3 (the ``s3`` extra, imported only for such URIs),
+  its client made by :mod:`edge_agent.s3` from ``s3.endpoint_url``, ``s3.region``, ``s3.profile``;
 - ``https://HOST/PATH/manifest.json[?QUERY]`` — the standard library; sibling files are fetched
   at the same path prefix with the same query string (plain HTTPS hosting, CloudFront wildcard
   signed URLs) unless ``files`` names a URL for that file (S3 pre-signed per-object URLs);
@@ -41,6 +41,15 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional
 from ..bundle import MANIFEST, SIGNATURE, parse_manifest
 from ..config import S3Config
 from ..errors import BundleError, EdgewatchError
+from ..s3 import (
+    CREDENTIAL_CODES,
+    DENIED_CODES,
+    NOT_FOUND_CODES,
+    S3Error,
+    error_code,
+    make_client,
+    parse_s3_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,32 +283,17 @@ class _PerFileUrls(_Source):
 
 
 class _S3Source(_Source):
-    def __init__(self, bucket: str, manifest_key: str, s3: S3Config, timeout_s: float) -> None:
+    def __init__(self, uri: str, s3: S3Config, timeout_s: float) -> None:
         try:
-            import boto3
-            from botocore.config import Config
-            from botocore.exceptions import BotoCoreError
-        except ImportError:
-            raise FetchError("the s3 extra is not installed (pip install edgewatch[s3])") from None
-        self.bucket = bucket
-        self.manifest_key = manifest_key
-        self.prefix = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
+            url = parse_s3_url(uri, "s3://BUCKET/KEY/manifest.json")
+            self.client = make_client(s3, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
+        except S3Error as e:
+            raise FetchError(str(e)) from e
+        self.bucket = url.bucket
+        self.manifest_key = url.key(MANIFEST) if url.is_prefix else url.path
+        self.prefix = self.manifest_key.rsplit("/", 1)[0] + "/" if "/" in self.manifest_key else ""
         self.timeout_s = timeout_s
-        config: Dict[str, Any] = {"connect_timeout": timeout_s, "read_timeout": timeout_s}
-        # Respect the user's own retry settings; otherwise botocore's "standard" mode.
-        if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
-            config["retries"] = {"mode": "standard"}
-        endpoint = s3.endpoint_url
-        if endpoint is not None and not (urllib.parse.urlsplit(endpoint).hostname or "").endswith(
-            ".amazonaws.com"
-        ):
-            config["s3"] = {"addressing_style": "path"}  # MinIO, Ceph, moto: no bucket DNS names
-        try:
-            session = boto3.session.Session(profile_name=s3.profile, region_name=s3.region)
-            self.client = session.client("s3", endpoint_url=endpoint, config=Config(**config))
-        except (BotoCoreError, ValueError) as e:  # unknown profile, invalid endpoint URL
-            raise FetchError(f"cannot set up the S3 client: {e}") from None
-        self.endpoint = endpoint
+        self.endpoint = s3.endpoint_url
 
     def key(self, name: str) -> str:
         return self.manifest_key if name == MANIFEST else self.prefix + name
@@ -322,19 +316,19 @@ class _S3Source(_Source):
             response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
         except ClientError as e:
             error = e.response.get("Error", {})
-            code = str(error.get("Code", ""))
+            code = error_code(e)
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket":
                 raise FetchError(f"{uri}: bucket {self.bucket!r} does not exist") from None
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in NOT_FOUND_CODES:
                 raise _StatusError(f"{uri}: not found (404)", 404) from None
-            if code in ("AccessDenied", "403", "Forbidden"):
+            if code in DENIED_CODES:
                 raise _StatusError(
                     f"{uri}: access denied (the device needs s3:GetObject on it; "
                     "without s3:ListBucket S3 also answers 403 for a missing key)",
                     403,
                 ) from None
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            if code in CREDENTIAL_CODES:
                 raise FetchError(f"{uri}: the S3 endpoint rejected the credentials ({code})") from None
             raise _StatusError(f"{uri}: {code}: {error.get('Message') or code}", status) from None
         except NoCredentialsError:
@@ -381,12 +375,7 @@ def _source_for(
     parts = urllib.parse.urlsplit(uri)
     source: _Source
     if parts.scheme == "s3":
-        if not parts.netloc:
-            raise FetchError(f"{uri}: an s3:// URI names a bucket: s3://BUCKET/KEY/manifest.json")
-        key = parts.path.lstrip("/")
-        if not key or key.endswith("/"):
-            key += MANIFEST
-        source = _S3Source(parts.netloc, key, s3, timeout_s)
+        source = _S3Source(uri, s3, timeout_s)
     elif parts.scheme in ("https", "http"):
         if parts.path.endswith("/"):
             uri = urllib.parse.urlunsplit(parts._replace(path=parts.path + MANIFEST))
