@@ -167,7 +167,7 @@ class _S3:
                 **extra,
             )
         except (ClientError, BotoCoreError) as e:
-            raise self._fail(e, key) from None
+            raise self._fail(e, key) from e
 
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -175,7 +175,7 @@ class _S3:
         try:
             self.client.delete_object(Bucket=self.loc.bucket, Key=key)
         except (ClientError, BotoCoreError) as e:
-            raise self._fail(e, key) from None
+            raise self._fail(e, key) from e
 
 
 def _same(head: Optional[Dict[str, Any]], size: int, sha256: str) -> bool:

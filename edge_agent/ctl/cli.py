@@ -130,7 +130,7 @@ def build_envelope(
     try:
         parse_args(command_type, command_args)
     except ValueError as e:
-        raise EdgewatchError(f"{command_type}: {e}") from None
+        raise EdgewatchError(f"{command_type}: {e}") from e
     target = args.device if args.device is not None else args.group
     doc = new_command(command_type, target, command_args, args.expires)
     return doc if args.key is None else sign_envelope(doc, load_private_key(args.key))
@@ -251,8 +251,8 @@ def parse_settings(items: Sequence[str]) -> Dict[str, Any]:
             raise EdgewatchError(f"set: {key} given twice")
         try:
             settings[key] = parse_setting(key, text.strip())
-        except ValueError:
-            raise EdgewatchError(f"set {item!r}: {text!r} is not a number") from None
+        except ValueError as e:
+            raise EdgewatchError(f"set {item!r}: {text!r} is not a number") from e
     return settings
 
 
@@ -284,7 +284,7 @@ class SnapshotCatcher:
             partial.write_bytes(payload)
             partial.replace(self.out)
         except OSError as e:
-            raise EdgewatchError(f"{self.out}: {e.strerror}") from None
+            raise EdgewatchError(f"{self.out}: {e.strerror}") from e
         self._done = True
         _note(f"wrote {self.out} ({len(payload)} bytes)")
 

@@ -60,8 +60,8 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise EdgewatchError(f"--broker {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     try:
         port = parts.port
-    except ValueError:
-        raise EdgewatchError(f"--broker {url!r}: the port is not a number from 1 to 65535") from None
+    except ValueError as e:
+        raise EdgewatchError(f"--broker {url!r}: the port is not a number from 1 to 65535") from e
     if not parts.hostname:
         raise EdgewatchError(f"--broker {url!r}: no host")
     if parts.path not in ("", "/") or parts.query or parts.username:
@@ -184,7 +184,7 @@ class Connection:
         try:
             self.client.connect(broker.host, broker.port, keepalive=30)
         except (OSError, ValueError) as e:  # refused, unresolvable, TLS handshake, timeout
-            raise BrokerError(f"cannot reach the broker {self.url}: {e}") from None
+            raise BrokerError(f"cannot reach the broker {self.url}: {e}") from e
         self.client.loop_start()
         try:
             self._wait(self._connected, CONNECT_TIMEOUT_S, "CONNACK")
@@ -234,9 +234,9 @@ class Connection:
             remaining = deadline - time.monotonic()
             try:
                 return self.messages.get(timeout=max(min(remaining, _POLL_S), 0.0))
-            except queue.Empty:
+            except queue.Empty as e:
                 if self._lost is not None:
-                    raise BrokerError(self._lost) from None
+                    raise BrokerError(self._lost) from e
                 if remaining <= 0:
                     return None
 

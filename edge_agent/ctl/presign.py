@@ -119,7 +119,7 @@ def presign_bundle(
             files[SIGNATURE] = presign(SIGNATURE)
         manifest_url = presign(posixpath.basename(manifest_key))
     except (BotoCoreError, ClientError) as e:
-        raise EdgewatchError(f"{manifest_uri}: {e}") from None
+        raise EdgewatchError(f"{manifest_uri}: {e}") from e
     return PresignedBundle(manifest_url=manifest_url, manifest_sha256=sha256, files=files)
 
 
@@ -151,7 +151,7 @@ def resolve_channel(uri: str, endpoint_url: Optional[str] = None) -> ChannelPoin
             version=str(doc["version"]), manifest=str(doc["manifest"]), sha256=str(doc["sha256"])
         )
     except (ValueError, KeyError, TypeError) as e:
-        raise EdgewatchError(f"{uri}: not a channel file ({{version, manifest, sha256}}): {e}") from None
+        raise EdgewatchError(f"{uri}: not a channel file ({{version, manifest, sha256}}): {e}") from e
     if not pointer.manifest.startswith("s3://") or not re.fullmatch(r"[0-9a-f]{64}", pointer.sha256):
         raise EdgewatchError(f"{uri}: the channel's manifest must be an s3:// URI with a sha256")
     return pointer

@@ -20,7 +20,7 @@ def _readable(path: Path, key: str) -> Path:
         with path.open("rb"):
             pass
     except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from e
     return path
 
 
@@ -31,7 +31,7 @@ def read_password(path: Path, key: str = "mqtt.password_file") -> str:
     try:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e}") from None
+        raise ConfigError(f"{key}: cannot read {path}: {e}") from e
 
 
 # How errors name the TLS files: the agent's configuration keys, or edge-ctl's options.
@@ -64,7 +64,7 @@ def build_tls_context(
         try:
             context.load_verify_locations(cafile=str(_readable(ca, n["ca"])))
         except ssl.SSLError as e:
-            raise ConfigError(f"{n['ca']}: {ca} holds no usable CA certificate: {e}") from None
+            raise ConfigError(f"{n['ca']}: {ca} holds no usable CA certificate: {e}") from e
     else:
         context.load_default_certs()
     if key is not None and cert is None:
@@ -76,7 +76,7 @@ def build_tls_context(
         try:
             context.load_cert_chain(certfile=str(cert), keyfile=None if key is None else str(key))
         except ssl.SSLError as e:
-            raise ConfigError(f"{n['cert']}/{n['key']}: not a matching certificate and key: {e}") from None
+            raise ConfigError(f"{n['cert']}/{n['key']}: not a matching certificate and key: {e}") from e
     if insecure:
         context.check_hostname = False
     return context

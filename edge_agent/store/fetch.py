@@ -189,12 +189,12 @@ class _FileSource(_Source):
         path = self._path(name)
         try:
             f = path.open("rb")
-        except FileNotFoundError:
-            raise _StatusError(f"{path}: not found", 404) from None
-        except PermissionError:
-            raise _StatusError(f"{path}: permission denied", 403) from None
+        except FileNotFoundError as e:
+            raise _StatusError(f"{path}: not found", 404) from e
+        except PermissionError as e:
+            raise _StatusError(f"{path}: permission denied", 403) from e
         except OSError as e:
-            raise FetchError(f"{path}: {_reason(e, self.timeout_s)}") from None
+            raise FetchError(f"{path}: {_reason(e, self.timeout_s)}") from e
         return _Stream(f, os.fstat(f.fileno()).st_size)
 
 
@@ -213,7 +213,7 @@ class _RefuseInsecureRedirect(urllib.request.HTTPRedirectHandler):
         try:
             _check_http_url(newurl)
         except FetchError as e:
-            raise FetchError(f"{redact(req.full_url)}: refused redirect: {e}") from None
+            raise FetchError(f"{redact(req.full_url)}: refused redirect: {e}") from e
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -244,11 +244,11 @@ class _HttpSource(_Source):
             response = self.opener.open(request, timeout=self.timeout_s)
         except urllib.error.HTTPError as e:
             e.close()
-            raise _StatusError(f"{redact(url)}: HTTP {e.code} {e.reason}", e.code) from None
+            raise _StatusError(f"{redact(url)}: HTTP {e.code} {e.reason}", e.code) from e
         except FetchError:
             raise
         except (OSError, http.client.HTTPException, ValueError) as e:
-            raise FetchError(f"{redact(url)}: {_reason(e, self.timeout_s)}") from None
+            raise FetchError(f"{redact(url)}: {_reason(e, self.timeout_s)}") from e
         length = response.headers.get("Content-Length")
         return _Stream(response, int(length) if length and length.isdigit() else None)
 
@@ -319,28 +319,28 @@ class _S3Source(_Source):
             code = error_code(e)
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket":
-                raise FetchError(f"{uri}: bucket {self.bucket!r} does not exist") from None
+                raise FetchError(f"{uri}: bucket {self.bucket!r} does not exist") from e
             if code in NOT_FOUND_CODES:
-                raise _StatusError(f"{uri}: not found (404)", 404) from None
+                raise _StatusError(f"{uri}: not found (404)", 404) from e
             if code in DENIED_CODES:
                 raise _StatusError(
                     f"{uri}: access denied (the device needs s3:GetObject on it; "
                     "without s3:ListBucket S3 also answers 403 for a missing key)",
                     403,
-                ) from None
+                ) from e
             if code in CREDENTIAL_CODES:
-                raise FetchError(f"{uri}: the S3 endpoint rejected the credentials ({code})") from None
-            raise _StatusError(f"{uri}: {code}: {error.get('Message') or code}", status) from None
-        except NoCredentialsError:
+                raise FetchError(f"{uri}: the S3 endpoint rejected the credentials ({code})") from e
+            raise _StatusError(f"{uri}: {code}: {error.get('Message') or code}", status) from e
+        except NoCredentialsError as e:
             raise FetchError(
                 f"{uri}: no AWS credentials found (environment, s3.profile, or an instance role)"
-            ) from None
+            ) from e
         except EndpointConnectionError as e:
-            raise FetchError(f"{uri}: cannot reach the S3 endpoint {self._endpoint_of(e)}") from None
-        except (ConnectTimeoutError, ReadTimeoutError):
-            raise FetchError(f"{uri}: timed out after {self.timeout_s:g} s") from None
+            raise FetchError(f"{uri}: cannot reach the S3 endpoint {self._endpoint_of(e)}") from e
+        except (ConnectTimeoutError, ReadTimeoutError) as e:
+            raise FetchError(f"{uri}: timed out after {self.timeout_s:g} s") from e
         except BotoCoreError as e:
-            raise FetchError(f"{uri}: {e}") from None
+            raise FetchError(f"{uri}: {e}") from e
         length = response.get("ContentLength")
         body = response["Body"]
         return _Stream(body, int(length) if length is not None else None, read=self._read1(body))
@@ -607,7 +607,7 @@ def fetch_bundle(
     try:
         manifest = parse_manifest(manifest_bytes, source.describe(MANIFEST))
     except BundleError as e:
-        raise FetchIntegrityError(str(e)) from None
+        raise FetchIntegrityError(str(e)) from e
 
     listed: List[Tuple[str, str, int]] = []
     seen = set()
