@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .augment import prepare
+from .errors import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,11 @@ def edgetpu(int8_path: Path, out: Path) -> Optional[Path]:
     )
     produced = out / (int8_path.stem + "_edgetpu.tflite")
     if result.returncode != 0 or not produced.is_file():
-        from .cli import TrainerError
-
-        raise TrainerError(
-            f"edgetpu_compiler failed on {int8_path}: {result.stderr.strip() or result.stdout.strip()}"
-        )
+        # The whole output goes to the log; the error keeps the one line a CLI error is.
+        output = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        log.error("edgetpu_compiler (exit %d):\n%s", result.returncode, "\n".join(output))
+        last = output[-1] if output else f"exit status {result.returncode}"
+        raise TrainerError(f"edgetpu_compiler failed on {int8_path}: {last}")
     log.info("edgetpu_compiler:\n%s", result.stdout)
     return produced
 

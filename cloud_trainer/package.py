@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from edge_agent.bundle import MANIFEST, SIGNATURE, Manifest, load_bundle, parse_manifest, sha256_file, signing
 from edge_agent.bundle.loader import manifest_document, read_manifest
-from edge_agent.bundle.manifest import check_plain_file_name
+from edge_agent.bundle.manifest import Defaults, check_plain_file_name
 from edge_agent.errors import BundleError
 
 from . import __version__
@@ -69,7 +69,7 @@ def write_bundle(
         "input": input,
         "decoder": decoder,
         "artifacts": artifacts,
-        "defaults": defaults or {"score_threshold": 0.4, "iou_threshold": 0.5, "max_detections": 100},
+        "defaults": defaults or Defaults().model_dump(),
         "metrics": metrics or {},
         "source": {"producer": f"cloud_trainer {__version__}", **(source or {})},
     }
@@ -133,7 +133,7 @@ def repackage(
             try:
                 check_plain_file_name(fname)
             except ValueError as e:
-                raise BundleError(f"{mpath}: artifacts.{i}.{part}: {e}") from None
+                raise BundleError(f"{mpath}: artifacts.{i}.{part}: {e}") from e
             path = d / fname
             if not path.is_file():
                 raise BundleError(f"{path}: missing (listed by artifacts.{i}.{part})")

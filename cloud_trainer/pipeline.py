@@ -15,15 +15,14 @@ from edge_agent.bundle import MANIFEST, Manifest, load_bundle
 from edge_agent.detector import Detector
 from edge_agent.errors import EdgewatchError
 
-from .cli import TrainerError
 from .data import load_dataset
 from .data.dataset import Dataset
 from .edgetpu_check import check as edgetpu_check
+from .errors import TrainerError
 from .evaluate import Metrics, evaluate
 from .export import FORMATS, export_all
-from .keras_backend import KerasBackend
 from .package import artifact_entry, repackage, write_bundle
-from .train import RunInfo, load_model
+from .train import TRAINED_DEFAULTS, RunInfo, float_detector, load_model
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ def run_dataset(
     return ds.split(cfg.get("val_fraction", 0.2), cfg.get("seed", 0))
 
 
-def float_detector(info: RunInfo, model: Any, where: str) -> Detector:
-    return Detector(info.manifest(), KerasBackend(model), where=where)
-
-
 def artifact_detector(bundle_dir: Path, runtime: str) -> Detector:
     bundle = load_bundle(bundle_dir, runtimes=[runtime])
     native = registry.native_backend(runtime)
@@ -78,11 +73,11 @@ def measure(bundle_dir: Path, manifest: Manifest, val: Dataset) -> Dict[str, Any
                 per[art.runtime] = {"skipped": str(e)}
                 echo(f"  {art.runtime}: not measured here ({e})")
                 continue
-            raise TrainerError(f"{art.file}: the {art.runtime} runtime cannot run it: {e}") from None
+            raise TrainerError(f"{art.file}: the {art.runtime} runtime cannot run it: {e}") from e
         try:
             m = evaluate(detector, val)
         finally:
-            detector.backend.close()
+            detector.close()
         per[art.runtime] = {"map50": round(m.map50, 4), "map50_95": round(m.map50_95, 4)}
         echo(f"  {art.runtime} ({art.precision}): mAP@0.5 {m.map50:.4f}  mAP@.5:.95 {m.map50_95:.4f}")
     return per
@@ -154,9 +149,7 @@ def export_run(
         input=info.input,
         decoder=info.decoder,
         artifacts=artifacts,
-        # Scores are IoU-aware (a class score approximates the IoU its box reaches), so they run
-        # lower than plain class confidences: 0.3 keeps the recall of a 0.4 plain threshold.
-        defaults={"score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 100},
+        defaults=TRAINED_DEFAULTS.model_dump(),
         metrics=metrics,
         source={"dataset_sha256": info.data.get("sha256"), "run": run.name, "model": info.spec},
     )
@@ -166,10 +159,10 @@ def export_run(
     else:
         for art in manifest.artifacts:
             try:
-                artifact_detector(out, art.runtime).backend.close()
+                artifact_detector(out, art.runtime).close()
             except EdgewatchError as e:
                 if art.runtime != "edgetpu":
-                    raise TrainerError(f"{art.file}: the {art.runtime} runtime cannot run it: {e}") from None
+                    raise TrainerError(f"{art.file}: the {art.runtime} runtime cannot run it: {e}") from e
     manifest = _set_metrics(out, metrics, sign_key)
     return {
         "bundle": str(out),
@@ -189,7 +182,7 @@ def _default_name(run: Path) -> str:
 
 
 def _evaluate_float(info: RunInfo, model: Any, val: Dataset, run: Path) -> Metrics:
-    m = evaluate(float_detector(info, model, str(run / "run.json")), val)
+    m = evaluate(float_detector(info, model, run), val)
     echo(f"  float (keras): mAP@0.5 {m.map50:.4f}  mAP@.5:.95 {m.map50_95:.4f}")
     return m
 

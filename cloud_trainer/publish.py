@@ -38,7 +38,7 @@ from edge_agent.s3 import (
     parse_s3_url,
 )
 
-from .cli import TrainerError
+from .errors import TrainerError
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,32 @@ import cv2
 import numpy as np
 
 from edge_agent.bundle.manifest import DecoderSpec, Defaults, InputSpec, Manifest
+from edge_agent.detector import Detector
 
 from .augment import PAD, Augment, prepare
-from .cli import TrainerError
 from .data.dataset import Dataset, Sample
-from .data.errors import DatasetError
+from .errors import DatasetError, TrainerError
+from .evaluate import evaluate
+from .keras_backend import KerasBackend
 from .model import ModelSpec, build, cell_grid
 from .targets import encode, make_loss
 from .targets import width as target_width
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+STATE_FILE = "state.json"
+
+# The thresholds a trained model's bundle (and its float model, evaluated in memory) comes with:
+# the manifest's defaults but for the score. Scores are IoU-aware (a class score approximates the
+# IoU its box reaches), so they run lower than plain class confidences: 0.3 keeps the recall of
+# a 0.4 plain threshold.
+TRAINED_DEFAULTS = Defaults(score_threshold=0.3)
+
+
+def weights_file(run: Path, which: str) -> Path:
+    """``RUN/weights/last.weights.h5`` (after every epoch) or ``best.weights.h5``."""
+    return run / "weights" / f"{which}.weights.h5"
 
 
 @dataclass
@@ -80,22 +96,39 @@ class RunInfo:
             input=InputSpec(**self.input),
             decoder=DecoderSpec(**self.decoder),
             artifacts=[],
-            defaults=Defaults(),
+            defaults=TRAINED_DEFAULTS,
             metrics={},
             source={},
         )
 
     @classmethod
     def load(cls, run: Path) -> RunInfo:
-        path = run / "run.json"
+        path = run / RUN_FILE
         if not path.is_file():
             raise TrainerError(
-                f"{run}: not a training run (no run.json); train one with `cloud-trainer train`"
+                f"{run}: not a training run (no {RUN_FILE}); train one with `cloud-trainer train`"
             )
         return cls(**json.loads(path.read_text()))
 
     def save(self, run: Path) -> None:
-        (run / "run.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        (run / RUN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class TrainState:
+    """Where a training stands, as ``state.json`` records it: a resume continues from here."""
+
+    epoch: int = 0  # epochs done
+    best_map50: float = -1.0  # the best validation mAP@0.5 so far; -1 before the first
+    best_epoch: int = 0  # the epoch (from 1) whose weights are best.weights.h5
+    history: List[Dict[str, float]] = field(default_factory=list)  # epoch, loss[, map50, map50_95]
+
+    @classmethod
+    def load(cls, run: Path) -> TrainState:
+        return cls(**json.loads((run / STATE_FILE).read_text()))
+
+    def save(self, run: Path) -> None:
+        (run / STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
 def run_info(dataset: Dataset, spec: ModelSpec, cfg: TrainConfig) -> RunInfo:
@@ -115,6 +148,11 @@ def run_info(dataset: Dataset, spec: ModelSpec, cfg: TrainConfig) -> RunInfo:
         config=asdict(cfg),
         data={"source": dataset.source, "images": len(dataset.samples), "sha256": dataset.sha256()},
     )
+
+
+def float_detector(info: RunInfo, model: Any, run: Path) -> Detector:
+    """The agent's Detector over the Keras model of ``run``, as the exports will be run."""
+    return Detector(info.manifest(), KerasBackend(model), where=str(run / RUN_FILE))
 
 
 def load_images(samples: List[Sample], size: int) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -187,35 +225,62 @@ def train(
     data_format: Optional[str] = None,
     echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> Dict[str, Any]:
+    """Train a detector on ``dataset`` into the run directory ``run`` (or, with ``resume``,
+    continue the run there up to ``cfg.epochs``); the summary ``train_summary.json`` holds."""
     import tensorflow as tf
 
-    from .evaluate import evaluate
-    from .keras_backend import KerasBackend
+    cfg, spec, info, state = _open_run(dataset, run, cfg, resume, data_path, data_format, echo)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    items, val_set = _prepare_data(dataset, spec, cfg, echo)
+    fitter = _Fitter(spec, cfg, items, weights_file(run, "last") if resume else None)
+    detector = float_detector(info, fitter.model, run)
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    params = fitter.model.count_params()
+    echo(f"model: {spec.backbone}, input {spec.img_size}, {params:,} parameters, on {device}")
+    started = time.time()
+    _fit(run, cfg, state, fitter, detector, val_set, started, echo)
+    return _finish(run, fitter.model, state, started)
 
+
+def _open_run(
+    dataset: Dataset,
+    run: Path,
+    cfg: TrainConfig,
+    resume: bool,
+    data_path: Optional[str],
+    data_format: Optional[str],
+    echo: Callable[[str], None],
+) -> Tuple[TrainConfig, ModelSpec, RunInfo, TrainState]:
+    """The run directory with its run.json written: a new run, or (``resume``) the one there,
+    whose settings win over ``cfg`` except for the number of epochs."""
     run.mkdir(parents=True, exist_ok=True)
-    (run / "weights").mkdir(exist_ok=True)
-    state_path = run / "state.json"
-    state: Dict[str, Any] = {"epoch": 0, "best_map50": -1.0, "best_epoch": 0, "history": []}
+    weights_file(run, "last").parent.mkdir(exist_ok=True)
     if resume:
-        if not (state_path.is_file() and (run / "weights" / "last.weights.h5").is_file()):
-            raise TrainerError(f"{run}: nothing to resume (no state.json and weights/last.weights.h5)")
+        if not ((run / STATE_FILE).is_file() and weights_file(run, "last").is_file()):
+            raise TrainerError(f"{run}: nothing to resume (no {STATE_FILE} and weights/last.weights.h5)")
         info = RunInfo.load(run)
         if info.data.get("sha256") != dataset.sha256():
             echo(f"warning: the dataset differs from the one {run} was trained on")
         cfg = TrainConfig(**{**info.config, "epochs": cfg.epochs})
         spec = info.model_spec
-        state = json.loads(state_path.read_text())
+        state = TrainState.load(run)
     else:
         spec = ModelSpec(num_classes=len(dataset.classes), img_size=cfg.img_size, backbone=cfg.backbone)
         info = run_info(dataset, spec, cfg)
+        state = TrainState()
     if data_path is not None:
         # Export and evaluate re-read the data: its absolute path and format go in run.json.
         info.data.update(path=str(Path(data_path).resolve()), format=data_format)
     info.save(run)
+    return cfg, spec, info, state
 
-    tf.keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+
+def _prepare_data(
+    dataset: Dataset, spec: ModelSpec, cfg: TrainConfig, echo: Callable[[str], None]
+) -> Tuple[List[Tuple[np.ndarray, np.ndarray]], Dataset]:
+    """(the decoded training images, the validation set): the run's split of ``dataset``."""
     train_set, val_set = dataset.split(cfg.val_fraction, cfg.seed)
     if not train_set.samples or not val_set.samples:
         raise TrainerError(
@@ -229,60 +294,86 @@ def train(
     t0 = time.time()
     items = load_images(train_set.samples, spec.img_size)
     echo(f"loaded {len(items)} training images in {time.time() - t0:.1f}s")
+    return items, val_set
 
-    model, _ = build(spec, pretrained=cfg.pretrained == "imagenet")
-    if resume:
-        model.load_weights(run / "weights" / "last.weights.h5")
-    batches = Batches(items, spec, cfg.batch, augment=True)
-    steps_per_epoch = len(batches)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    optimizer = tf.keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=5e-4, global_clipnorm=10.0)
-    loss_fn = make_loss(spec)
 
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any) -> Any:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+class _Fitter:
+    """The model (from ``weights`` when given), its optimizer with the learning-rate schedule
+    (warm-up, then cosine) and the compiled training step, over augmented batches of ``items``."""
 
-    backend = KerasBackend(model)
-    from edge_agent.detector import Detector
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        items: List[Tuple[np.ndarray, np.ndarray]],
+        weights: Optional[Path],
+    ) -> None:
+        import tensorflow as tf
 
-    detector = Detector(info.manifest(), backend, where=str(run / "run.json"))
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    echo(f"model: {spec.backbone}, input {spec.img_size}, {model.count_params():,} parameters, on {device}")
-    started = time.time()
-    since_best = 0  # epochs since the best val mAP, as of the last evaluation
-    for epoch in range(state["epoch"], cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        e0 = time.time()
-        losses = []
-        for i, (x, y) in enumerate(batches.epoch(rng)):
-            optimizer.learning_rate.assign(_lr_at(epoch * steps_per_epoch + i, total_steps, warmup, cfg.lr))
-            losses.append(float(step(x, y)))
-        lr = float(optimizer.learning_rate.numpy())
-        line = (
-            f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.4f} lr {lr:.2e} {time.time() - e0:.1f}s"
+        self.cfg = cfg
+        self.model, _ = build(spec, pretrained=cfg.pretrained == "imagenet")
+        if weights is not None:
+            self.model.load_weights(weights)
+        self.batches = Batches(items, spec, cfg.batch, augment=True)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        model = self.model
+        optimizer = self.optimizer = tf.keras.optimizers.AdamW(
+            learning_rate=cfg.lr, weight_decay=5e-4, global_clipnorm=10.0
         )
-        model.save_weights(run / "weights" / "last.weights.h5")
-        record: Dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5)}
+        loss_fn = make_loss(spec)
+
+        @tf.function(reduce_retracing=True)
+        def step(x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        self.step = step
+
+    def epoch(self, epoch: int) -> Tuple[float, float]:
+        """Train epoch ``epoch`` (from 0); (its mean loss, the learning rate at its end)."""
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        losses = []
+        for i, (x, y) in enumerate(self.batches.epoch(rng)):
+            n = epoch * self.steps_per_epoch + i
+            self.optimizer.learning_rate.assign(_lr_at(n, self.total_steps, self.warmup, self.cfg.lr))
+            losses.append(float(self.step(x, y)))
+        return float(np.mean(losses)), float(self.optimizer.learning_rate.numpy())
+
+
+def _fit(
+    run: Path,
+    cfg: TrainConfig,
+    state: TrainState,
+    fitter: _Fitter,
+    detector: Detector,
+    val_set: Dataset,
+    started: float,
+    echo: Callable[[str], None],
+) -> None:
+    """The epochs from ``state.epoch`` to ``cfg.epochs``, one line each: after every epoch the
+    last weights and state.json; every ``eval_every`` epochs, at the end and when out of time,
+    validation (which keeps the best weights). Stops early after ``patience`` epochs without a
+    better mAP@0.5, or after ``max_minutes`` from ``started``."""
+    since_best = 0  # epochs since the best val mAP, as of the last evaluation
+    for epoch in range(state.epoch, cfg.epochs):
+        e0 = time.time()
+        loss, lr = fitter.epoch(epoch)
+        line = f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} lr {lr:.2e} {time.time() - e0:.1f}s"
+        fitter.model.save_weights(weights_file(run, "last"))
+        record: Dict[str, float] = {"epoch": epoch + 1, "loss": round(loss, 5)}
         last = epoch + 1 == cfg.epochs
         out_of_time = cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes
         if (epoch + 1) % cfg.eval_every == 0 or last or out_of_time:
-            m = evaluate(detector, val_set)
-            record.update(map50=round(m.map50, 4), map50_95=round(m.map50_95, 4))
-            line += f" val mAP@0.5 {m.map50:.3f} mAP@.5:.95 {m.map50_95:.3f}"
-            if m.map50 > state["best_map50"]:
-                state.update(best_map50=m.map50, best_epoch=epoch + 1)
-                model.save_weights(run / "weights" / "best.weights.h5")
-                line += " (best)"
-            since_best = epoch + 1 - state["best_epoch"]
-        state["epoch"] = epoch + 1
-        state["history"].append(record)
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+            line += _validate(run, state, epoch + 1, fitter.model, detector, val_set, record)
+            since_best = epoch + 1 - state.best_epoch
+        state.epoch = epoch + 1
+        state.history.append(record)
+        state.save(run)
         echo(line)
         if since_best >= cfg.patience:
             echo(f"early stop: no better val mAP@0.5 for {since_best} epochs")
@@ -290,13 +381,39 @@ def train(
         if out_of_time:
             echo(f"stopping: --max-minutes {cfg.max_minutes} reached")
             break
-    if not (run / "weights" / "best.weights.h5").is_file():
-        model.save_weights(run / "weights" / "best.weights.h5")
+
+
+def _validate(
+    run: Path,
+    state: TrainState,
+    epoch: int,
+    model: Any,
+    detector: Detector,
+    val_set: Dataset,
+    record: Dict[str, float],
+) -> str:
+    """Measure the validation mAP after ``epoch`` (from 1) into ``record``; a better mAP@0.5
+    than any before is the new best, its weights saved. The words for the epoch's line."""
+    m = evaluate(detector, val_set)
+    record.update(map50=round(m.map50, 4), map50_95=round(m.map50_95, 4))
+    words = f" val mAP@0.5 {m.map50:.3f} mAP@.5:.95 {m.map50_95:.3f}"
+    if m.map50 > state.best_map50:
+        state.best_map50, state.best_epoch = m.map50, epoch
+        model.save_weights(weights_file(run, "best"))
+        words += " (best)"
+    return words
+
+
+def _finish(run: Path, model: Any, state: TrainState, started: float) -> Dict[str, Any]:
+    """Best weights whatever happened (the last ones when no validation ran) and the summary,
+    written to train_summary.json."""
+    if not weights_file(run, "best").is_file():
+        model.save_weights(weights_file(run, "best"))
     summary = {
         "run": str(run),
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "best_map50": round(state["best_map50"], 4),
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_map50": round(state.best_map50, 4),
         "minutes": round((time.time() - started) / 60, 2),
     }
     (run / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -307,7 +424,7 @@ def load_model(run: Path, which: str = "best") -> Tuple[RunInfo, Any, Any]:
     """(run info, model, export model with a static batch of 1), with the run's ``which``
     weights. Both share the same layers, so they are the same network."""
     info = RunInfo.load(run)
-    path = run / "weights" / f"{which}.weights.h5"
+    path = weights_file(run, which)
     if not path.is_file():
         raise TrainerError(f"{path}: missing; has `cloud-trainer train` finished an epoch in {run}?")
     model, export = build(info.model_spec, batch_size=1)

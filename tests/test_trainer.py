@@ -156,6 +156,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow  # trains a model (small_run)
 def test_train_writes_checkpoints_and_resumes(small_run: Path) -> None:
     state = json.loads((small_run / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]) == 2 and "map50" in state["history"][-1]
@@ -169,6 +170,7 @@ def test_train_writes_checkpoints_and_resumes(small_run: Path) -> None:
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow  # trains a model (small_run)
 def test_export_evaluate_package(small_run: Path, tmp_path: Path) -> None:
     from edge_agent.bundle import load_bundle
     from edge_agent.bundle.signing import load_public_key, verify
@@ -185,6 +187,8 @@ def test_export_evaluate_package(small_run: Path, tmp_path: Path) -> None:
     assert (m.name, m.version) == ("tiny", "0.1.0")
     assert [a.runtime for a in m.artifacts] == ["tflite", "openvino", "onnx"]
     assert m.input.width == 96 and m.decoder.type == "yolov8"
+    # The trainer's IoU-aware scores: a lower score threshold than a plain bundle's default.
+    assert m.defaults.model_dump() == {"score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 100}
     assert set(m.metrics["per_artifact"]) == {"tflite", "openvino", "onnx"}
     assert 0 <= m.metrics["map50"] <= 1
     assert bundle.signature and verify(
@@ -198,6 +202,7 @@ def test_export_evaluate_package(small_run: Path, tmp_path: Path) -> None:
     assert (small_run / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # trains a model (small_run)
 def test_edgetpu_check_flags_a_float_model(small_run: Path, tmp_path: Path) -> None:
     from cloud_trainer.edgetpu_check import check
     from cloud_trainer.export import tflite_fp32

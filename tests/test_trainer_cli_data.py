@@ -67,6 +67,7 @@ def test_inspect_reports_fixes(tmp_path: Path) -> None:
     assert "ann.csv:2" in r.stdout
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(tmp_path: Path) -> None:
     line = one_line_error(trainer("inspect", str(tmp_path / "missing")))
     assert "no such file or folder" in line

@@ -1,7 +1,7 @@
 """Datasets: readers of common labelling formats into one internal form, writers, synthesis."""
 
+from ..errors import DatasetError
 from .dataset import Annotation, Dataset, ImportReport, Sample
-from .errors import DatasetError
 from .readers import FORMATS, detect_format, load_dataset, parse_classes
 from .stats import describe, format_report
 from .synth import synthesize

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DatasetError
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     describe_dirs,
@@ -63,7 +63,7 @@ def _load(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: not a COCO detection file (no 'images' list)")
     if not isinstance(data.get("categories"), list):

@@ -19,8 +19,8 @@ import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DatasetError
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     at,
@@ -118,7 +118,7 @@ def _read_one(
                 raise DatasetError(f"{where}: {len(row)} columns, expected {_EXPECTED}")
             _row(builder, row, columns, where, dirs, located, sizes)
     except csv.Error as e:
-        raise DatasetError(f"{at(path, reader.line_num)}: bad CSV ({e})") from None
+        raise DatasetError(f"{at(path, reader.line_num)}: bad CSV ({e})") from e
 
 
 def _row(

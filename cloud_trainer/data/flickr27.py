@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DatasetError
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     at,

@@ -14,8 +14,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import cv2
 
+from ..errors import DatasetError
 from .dataset import Annotation, Dataset, ImportReport, Sample
-from .errors import DatasetError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -36,9 +36,9 @@ def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from e
     except OSError as e:
-        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def head(path: Path, size: int = 65536) -> str:
@@ -56,8 +56,8 @@ def number(text: Optional[str], what: str, where: str) -> float:
         raise DatasetError(f"{where}: {what} is missing")
     try:
         value = float(text)
-    except ValueError:
-        raise DatasetError(f"{where}: {what} {str(text).strip()!r} is not a number") from None
+    except ValueError as e:
+        raise DatasetError(f"{where}: {what} {str(text).strip()!r} is not a number") from e
     if not math.isfinite(value):
         raise DatasetError(f"{where}: {what} {str(text).strip()!r} is not a finite number")
     return value

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DatasetError
 from . import coco, csv_format, flickr27, voc, yolo
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import PathLike, check_unique, read_class_file
 
 FORMATS: Tuple[str, ...] = ("voc", "yolo", "coco", "csv", "flickr27")

@@ -12,8 +12,8 @@ import cv2
 
 from edge_agent.sources.synthetic import SHAPE_LABELS, SceneGenerator
 
+from ..errors import DatasetError
 from .dataset import Annotation, Dataset, Sample
-from .errors import DatasetError
 from .parsing import PathLike
 from .writers import WRITE_FORMATS, check_empty, image_folder, write_annotations
 
@@ -43,7 +43,7 @@ def synthesize(
     try:
         generator = SceneGenerator(width, height, seed, **generator_options)
     except (TypeError, ValueError) as e:
-        raise DatasetError(f"synthetic scenes: {e}") from None
+        raise DatasetError(f"synthetic scenes: {e}") from e
     out = Path(out_dir)
     check_empty(out)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
@@ -62,5 +62,5 @@ def synthesize(
         dataset = Dataset(list(SHAPE_LABELS), samples, f"synth:{out} (seed {seed}, {fmt})")
         write_annotations(dataset, out, fmt)
     except OSError as e:
-        raise DatasetError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
+        raise DatasetError(f"{e.filename or out}: cannot write ({e.strerror or e})") from e
     return dataset

@@ -17,8 +17,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DatasetError
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import (
     DatasetBuilder,
     basename,
@@ -99,9 +99,9 @@ def read_voc(path: Path, images: Optional[Path] = None, classes: Optional[Sequen
             root_el = ET.parse(xml_file).getroot()
         except ET.ParseError as e:
             line = e.position[0] if e.position else None
-            raise DatasetError(f"{xml_file}:{line}: not well-formed XML ({e})") from None
+            raise DatasetError(f"{xml_file}:{line}: not well-formed XML ({e})") from e
         except OSError as e:
-            raise DatasetError(f"{xml_file}: cannot read ({e.strerror or e})") from None
+            raise DatasetError(f"{xml_file}: cannot read ({e.strerror or e})") from e
         if root_el.tag != "annotation":
             builder.warn("skipped", f"{xml_file}: not a Pascal VOC annotation (<{root_el.tag}>), skipped")
             continue

@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Set, Tuple
 
 import yaml
 
+from ..errors import DatasetError
 from .csv_format import COLUMNS
 from .dataset import Annotation, Dataset, Sample
-from .errors import DatasetError
 from .parsing import PathLike
 
 WRITE_FORMATS: Tuple[str, ...] = ("voc", "yolo", "coco", "csv")
@@ -72,7 +72,7 @@ def write_dataset(dataset: Dataset, out_dir: PathLike, fmt: str = "voc") -> Data
         written = Dataset(list(dataset.classes), samples, f"{fmt}:{out}", dataset.report)
         write_annotations(written, out, fmt)
     except OSError as e:
-        raise DatasetError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
+        raise DatasetError(f"{e.filename or out}: cannot write ({e.strerror or e})") from e
     return written
 
 

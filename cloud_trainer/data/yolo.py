@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..errors import DatasetError
 from .dataset import Dataset
-from .errors import DatasetError
 from .parsing import (
     CLASS_FILES,
     DatasetBuilder,
@@ -212,7 +212,7 @@ def _from_yaml(yaml_file: Path) -> Tuple[Optional[List[str]], List[Pair]]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise DatasetError(f"{at(yaml_file, line)}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise DatasetError(f"{at(yaml_file, line)}: not valid YAML ({getattr(e, 'problem', e)})") from e
     if not isinstance(data, dict):
         raise DatasetError(f"{yaml_file}: expected a mapping with 'names' and 'train'/'val'")
     names = _names(data.get("names"), yaml_file)
@@ -242,8 +242,8 @@ def _names(value: Any, yaml_file: Path) -> Optional[List[str]]:
     if isinstance(value, dict):
         try:
             keyed = sorted((int(k), str(v)) for k, v in value.items())
-        except (TypeError, ValueError):
-            raise DatasetError(f"{yaml_file}: 'names' keys must be class ids 0, 1, 2, ...") from None
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{yaml_file}: 'names' keys must be class ids 0, 1, 2, ...") from e
         if [k for k, _ in keyed] != list(range(len(keyed))):
             raise DatasetError(f"{yaml_file}: 'names' ids must be 0..{len(keyed) - 1} without gaps")
         names = [v for _, v in keyed]
