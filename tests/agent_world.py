@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
@@ -26,31 +25,12 @@ from edge_agent.bundle.signing import generate_keypair, load_private_key, sign
 from edge_agent.demo import BUNDLES_DIR
 from edge_agent.errors import BundleError
 from tests.mosquitto import Mosquitto
+from tests.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 DEVICE = "pi-e2e"
 PREFIX = "edgewatch"
 V1, V2 = "1.0.0", "1.1.0"
-
-
-def holds_within(predicate: Callable[[], Any], timeout: float) -> bool:
-    """Whether ``predicate()`` becomes true within ``timeout`` seconds (polled every 50 ms)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def reaches(value: Callable[[], int], n: int) -> Callable[[], bool]:
-    """A predicate: ``value()`` has reached ``n``."""
-    return lambda: value() >= n
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    if not holds_within(predicate, timeout):
-        raise AssertionError(f"timed out waiting for {what}")
 
 
 def publish_bundle(bundle: Path, bucket_uri: str, endpoint_url: str) -> Dict[str, str]:
@@ -86,14 +66,32 @@ class Dashboard:
 
         self.messages: Dict[str, List[Any]] = {"detections": [], "events": [], "result": [], "status": []}
         self.lock = threading.Lock()
+        self._subacks = 0  # one per connect: it subscribes again on each
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"dash-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
         )
         self.client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/{DEVICE}/#", qos=1)
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        self.wait_subscribed(1)  # listening before anything the test starts can publish
+
+    def _on_subscribe(self, *args: Any) -> None:
+        with self.lock:
+            self._subacks += 1
+
+    def subscriptions(self) -> int:
+        """How many SUBACKs the dashboard got so far (it subscribes again on every connect)."""
+        with self.lock:
+            return self._subacks
+
+    def wait_subscribed(self, count: int, timeout: float = 30) -> None:
+        """Wait for the dashboard's ``count``-th SUBACK: from then on the broker sends it
+        everything published to the device's topics (after a broker restart: ``subscriptions()
+        + 1`` counted before the restart)."""
+        wait_for(lambda: self.subscriptions() >= count, timeout, f"the dashboard's SUBACK number {count}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         kind = "result" if msg.topic.endswith("cmd/result") else msg.topic.rsplit("/", 1)[-1]
@@ -200,8 +198,7 @@ class World:
         return [r for r in self.results(command_id) if r["status"] in ("succeeded", "failed", "rejected")]
 
     def final(self, command_id: str, timeout: float = 60) -> Dict[str, Any]:
-        wait_for(lambda: self.endings(command_id), timeout, f"the end of command {command_id}")
-        return self.endings(command_id)[0]
+        return wait_for(lambda: self.endings(command_id), timeout, f"the end of command {command_id}")[0]
 
     def fresh_frames(self, count: int = 5, timeout: float = 30) -> List[Dict[str, Any]]:
         """The next ``count`` detection messages from now on."""
@@ -242,8 +239,22 @@ class World:
         """Wait until the last `frames` detection messages were all made by `version`."""
         wait_for(
             lambda: len(self.dash.versions()) >= frames and set(self.dash.versions()[-frames:]) == {version},
-            what=f"frames from {version}; log:\n{self.agent.log.read_text()[-3000:]}",
+            what=lambda: f"frames from {version}; log:\n{self.agent.log.read_text()[-3000:]}",
         )
+
+    def stop_and_collect(self) -> int:
+        """Stop the agent (``agent.stop()``, its exit code) and, once it exited cleanly, wait
+        until its final "stopped" status is here. The agent sends that status after delivering
+        its queue, on the same connection, so from then on the dashboard holds every detection,
+        event and result the agent delivered. Only for an agent connected to the broker."""
+        before = self._stopped_statuses()
+        code = self.agent.stop()
+        if code == 0:
+            wait_for(lambda: self._stopped_statuses() > before, 30, "the agent's final 'stopped' status")
+        return code
+
+    def _stopped_statuses(self) -> int:
+        return sum(s.get("state") == "stopped" for s in self.dash.get("status"))
 
 
 @contextlib.contextmanager

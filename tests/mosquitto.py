@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 from tests.pki import TLSFiles
+from tests.waiting import eventually, wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -46,15 +47,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (a TCP connection is accepted)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(
+    process: subprocess.Popen[bytes], ports: Sequence[int], timeout: float, log: Callable[[], str]
 ) -> None:
-    """Poll ``predicate`` until it holds; fail the test with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+    """Wait until ``process`` (a broker just started) accepts connections on every one of
+    ``ports`` on 127.0.0.1. Should it exit first, or the deadline pass, it is stopped and
+    ``RuntimeError`` raised with ``log()`` (called once the process has ended)."""
+    up = eventually(lambda: process.poll() is not None or all(accepts(p) for p in ports), timeout)
+    if up and process.poll() is None:
+        return
+    exited = process.poll()
+    if exited is None:
+        process.kill()
+        process.wait(5)
+    why = f"exited ({exited})" if exited is not None else f"did not open {list(ports)} in {timeout:g} s"
+    raise RuntimeError(f"mosquitto {why}:\n{log()}")
 
 
 # --------------------------------------------------------------------------------------- TLS
@@ -137,23 +153,17 @@ class Mosquitto:
         self._process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        process = self._process
         ports = [p for p in (self.port, self.tls_port) if p is not None]
-        deadline = time.monotonic() + timeout
-        while not all(self._accepts(p) for p in ports):
-            if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise RuntimeError(f"mosquitto exited ({self._process.returncode}): {err}\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto did not open its ports in {timeout} s\n{self.log()}")
-            time.sleep(0.02)
-
-    def _accepts(self, port: int) -> bool:
         try:
-            with socket.create_connection((self.host, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+            wait_listening(process, ports, timeout, lambda: self._stderr(process) + self.log())
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _stderr(process: subprocess.Popen[bytes]) -> str:
+        return process.stderr.read().decode(errors="replace") + "\n" if process.stderr else ""
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -176,7 +186,7 @@ class Mosquitto:
             return ""
 
     def wait_for_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the broker's log")
+        wait_for(lambda: text in self.log(), timeout, f"{text!r} in the broker's log")
 
     def __enter__(self) -> Mosquitto:
         self.start()
@@ -222,7 +232,7 @@ class Subscriber:
 
         self._mqtt = mqtt
         self.messages: List[Received] = []
-        self._lock = threading.Lock()
+        self._arrived = threading.Condition()  # notified on every message
         self._subscribed = threading.Event()
         self._connected = threading.Event()
         cid = client_id or f"test-sub-{time.monotonic_ns()}"
@@ -250,7 +260,7 @@ class Subscriber:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         props = message.properties
-        with self._lock:
+        with self._arrived:
             self.messages.append(
                 Received(
                     topic=message.topic,
@@ -262,24 +272,25 @@ class Subscriber:
                     content_type=getattr(props, "ContentType", None),
                 )
             )
+            self._arrived.notify_all()
 
     def received(self, topic: Optional[str] = None) -> List[Received]:
-        with self._lock:
+        with self._arrived:
             return [m for m in self.messages if topic is None or m.topic == topic]
 
     def wait_for(
         self, predicate: Callable[[List[Received]], bool], timeout: float = DEFAULT_TIMEOUT, what: str = ""
     ) -> List[Received]:
-        """Wait until ``predicate(all messages so far)`` holds; returns them."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Wait until ``predicate(all messages so far)`` holds (woken by each arrival); returns them."""
+
+        def met() -> Tuple[List[Received], ...]:
             messages = self.received()
-            if predicate(messages):
-                return messages
-            if time.monotonic() > deadline:
-                seen = [(m.topic, m.payload[:200]) for m in messages]
-                raise AssertionError(f"timed out waiting for {what or 'messages'}; received {seen}")
-            time.sleep(0.02)
+            return (messages,) if predicate(messages) else ()  # truthy even when no message is the answer
+
+        def seen() -> str:
+            return f"{what or 'messages'}; received {[(m.topic, m.payload[:200]) for m in self.received()]}"
+
+        return wait_for(met, timeout, seen, condition=self._arrived)[0]
 
     def wait_count(self, topic: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> List[Received]:
         self.wait_for(lambda ms: sum(m.topic == topic for m in ms) >= count, timeout, f"{count} on {topic}")
@@ -324,7 +335,8 @@ class TcpGate:
         self._listener: Optional[socket.socket] = None
         self._accepting: Optional[threading.Thread] = None
         self._connections: List[Tuple[socket.socket, socket.socket]] = []
-        self._frozen = threading.Event()
+        self._flowing = threading.Event()  # cleared while frozen
+        self._flowing.set()
         self.open()
 
     def open(self) -> None:
@@ -343,10 +355,10 @@ class TcpGate:
     def freeze(self) -> None:
         """Hold every byte in both directions (a network that silently stops) until ``thaw()``;
         ``close()`` then discards what was held."""
-        self._frozen.set()
+        self._flowing.clear()
 
     def thaw(self) -> None:
-        self._frozen.clear()
+        self._flowing.set()
 
     def close(self) -> None:
         with self._lock:
@@ -362,7 +374,7 @@ class TcpGate:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         # Frozen pumps wake up to find their sockets shut: what they held is never delivered.
-        self._frozen.clear()
+        self._flowing.set()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -386,7 +398,7 @@ class TcpGate:
                     _shutdown(upstream)
                     return
                 self._connections.append((client, upstream))
-            threading.Thread(target=_pump, args=(client, upstream, self._frozen), daemon=True).start()
+            threading.Thread(target=_pump, args=(client, upstream, self._flowing), daemon=True).start()
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -395,15 +407,15 @@ def _shutdown(sock: socket.socket) -> None:
     sock.close()
 
 
-def _pump(a: socket.socket, b: socket.socket, frozen: threading.Event) -> None:
+def _pump(a: socket.socket, b: socket.socket, flowing: threading.Event) -> None:
     a.settimeout(None)
     b.settimeout(None)
     peers = {a: b, b: a}
     try:
         while True:
             readable, _, _ = select.select([a, b], [], [], 0.5)
-            if frozen.is_set():
-                time.sleep(0.02)  # leave the bytes where they are
+            if not flowing.is_set():
+                flowing.wait()  # frozen: leave the bytes where they are until thawed or closed
                 continue
             for sock in readable:
                 data = sock.recv(65536)

@@ -34,9 +34,10 @@ from edge_agent.commands import (
 )
 from edge_agent.config import CommandsConfig, DeviceConfig
 from edge_agent.ctl import main
+from tests.mosquitto import Mosquitto
 from tests.s3server import S3
+from tests.waiting import wait_for
 
-MOSQUITTO = "/usr/sbin/mosquitto"
 DEADLINE_S = 10.0
 _prefixes = itertools.count()
 
@@ -49,40 +50,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not Path(MOSQUITTO).is_file():
-        pytest.skip(f"{MOSQUITTO} is not installed (apt install mosquitto)")
-    port = free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                err = proc.communicate()[1].decode(errors="replace")
-                pytest.fail(f"mosquitto did not start on port {port}: {err}")
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
+    """One broker for the module's tests (each test has a topic prefix of its own)."""
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker.port
 
 
 @pytest.fixture
 def prefix() -> str:
     """A topic prefix of its own for each test: no test sees another's messages."""
     return f"test{os.getpid()}-{next(_prefixes)}"
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def mqtt_client(port: int, protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5) -> mqtt.Client:
@@ -321,7 +297,7 @@ def test_without_wait_prints_the_id_after_puback(
     status = main([*argv, "--broker", f"mqtt://127.0.0.1:{broker_port}", "--prefix", prefix])
     out = capsys.readouterr().out
     assert status == 0
-    wait_until(lambda: len(device.commands) == 1, "the device to get the command")
+    wait_for(lambda: len(device.commands) == 1, DEADLINE_S, "the device to get the command")
     command = device.commands[0]
     assert out.strip() == command.id
     assert command.type == "rollback" and command.args.model_dump() == {"version": "1.2.0"}
@@ -366,7 +342,7 @@ def test_set_parses_values_to_their_types(
         capsys, broker_port, prefix, "set", "--device", "pi-01", "--key", str(operator_key), "labels="
     )
     assert status == 0, err
-    wait_until(lambda: len(device.commands) == 2, "the second command")
+    wait_for(lambda: len(device.commands) == 2, DEADLINE_S, "the second command")
     assert isinstance(device.commands[1].args, SetArgs) and device.commands[1].args.labels == []
 
 

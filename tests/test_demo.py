@@ -21,6 +21,7 @@ def _have_amqtt() -> bool:
     return True
 
 
+@pytest.mark.slow  # each runs the demo for its 9 s
 @pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
 def test_demo_prints_detections_and_swaps_live(tmp_path: Path, broker: str, request: pytest.FixtureRequest):
     argv = [str(BIN / "edge-agent"), "demo", "--seconds", "9", "--swap-after", "3", "--http", "127.0.0.1:0"]

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.config import load_config
+from tests.mosquitto import wait_listening
 from tests.pki import certificate, new_key, write_cert, write_key
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -387,17 +388,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     with log.open("wb") as log_file:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mosquitto exited {proc.returncode}: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not listen on {port}: {log.read_text()}")
-                time.sleep(0.05)
+        wait_listening(proc, [port], 15, log.read_text)
         yield Broker(port=port, certs=certs, log=log)
     finally:
         proc.terminate()
@@ -422,9 +413,8 @@ class Client:
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def wait_for(self, predicate: Any, what: str, timeout: float = 10) -> None:
-        with self.cond:
-            if not self.cond.wait_for(predicate, timeout=timeout):
-                raise AssertionError(f"{self.name}: timed out waiting for {what}")
+        """Wait until ``predicate()`` holds, woken by each callback (they notify ``cond``)."""
+        wait_for(predicate, timeout, f"{self.name}: {what}", condition=self.cond)
 
     def publish(self, topic: str, payload: str = "{}") -> int:
         """Publishes at QoS 1 and returns the broker's PUBACK reason code (0 = accepted,

@@ -311,6 +311,7 @@ def test_nesting_is_measured_before_parsing(payload: bytes, problem: Optional[st
     assert _nesting_problem(payload, MAX_NESTING) == problem
 
 
+@pytest.mark.slow
 def test_generated_payloads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Quick form (EDGEWATCH_FUZZ_EXAMPLES, default 300; the same payloads every run) of the
     hypothesis fuzz that `make reliability` runs with 10,000 random ones."""

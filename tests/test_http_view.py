@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent.errors import EdgewatchError
 from edge_agent.http_view import METRICS_CONTENT_TYPE, STREAM_BOUNDARY, HttpView, parse_listen
+from tests.waiting import wait_for
 
 
 def jpeg(value: int) -> bytes:
@@ -207,10 +208,7 @@ def test_a_client_leaving_ends_its_stream(view: HttpView, agent: Agent) -> None:
     read_part(conn.getresponse())
     assert view._stream_count == 1
     conn.close()
-    deadline = time.monotonic() + 10
-    while view._stream_count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert view._stream_count == 0
+    wait_for(lambda: view._stream_count == 0, 10, "the server to end the stream")
 
 
 def test_stop_ends_an_open_stream(agent: Agent) -> None:

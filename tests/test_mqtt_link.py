@@ -19,8 +19,9 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import ConfigError, MQTTConfig
 from edge_agent.mqtt import IncomingCommand, MqttLink, Outbox, Topics
-from tests.mosquitto import Mosquitto, Subscriber, TcpGate, wait_until
+from tests.mosquitto import Mosquitto, Subscriber, TcpGate
 from tests.pki import make_tls_files
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "ew"
@@ -64,7 +65,7 @@ class Commands:
                 raise RuntimeError("handler bug")
 
     def wait(self, count: int) -> List[IncomingCommand]:
-        wait_until(lambda: len(self.received) >= count, what=f"{count} command(s)")
+        wait_for(lambda: len(self.received) >= count, what=f"{count} command(s)")
         with self._lock:
             return list(self.received)
 
@@ -114,7 +115,7 @@ def child_main() -> None:
     if args["until"] == "delivered":
         assert link.flush(10), "the child could not deliver"
     elif args["until"] == "sent":
-        wait_until(lambda: link.stats.sent == args["detections"] + 1, what="the child to hand over")
+        wait_for(lambda: link.stats.sent == args["detections"] + 1, what="the child to hand over")
     print("ready", flush=True)
     sys.stdin.read()
 
@@ -361,7 +362,7 @@ def test_messages_queued_during_an_outage_arrive_in_order_after_it(
 
     gate.close()
     mosquitto.stop()  # the broker goes down too, and forgets every session
-    wait_until(lambda: not link.connected, what="the agent to notice")
+    wait_for(lambda: not link.connected, what="the agent to notice")
     for _ in range(20):
         link.publish_detection(detection)
     link.publish_event({"type": "camera_lost"})
@@ -398,7 +399,7 @@ def test_a_cut_in_mid_stream_loses_nothing(
         link.publish_detection(detection)
     watcher.wait_count(TOPICS.detections, 50)
     gate.close()  # whatever is in flight now is neither lost nor confirmed
-    wait_until(lambda: not link.connected, what="the agent to notice")
+    wait_for(lambda: not link.connected, what="the agent to notice")
     gate.open()
     watcher.wait_for(lambda ms: len({m.json()["seq"] for m in ms}) == total, timeout=30, what="every seq")
     assert link.flush(10)

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from edge_agent.mqtt.outbox import Outbox
-from tests.agent_world import AgentProcess, World, holds_within, make_world, reaches
+from tests.agent_world import AgentProcess, World, make_world
+from tests.waiting import eventually, reaches
 
 from .report import Row
 
@@ -144,15 +145,16 @@ class FaultyAgent(AgentProcess):
         tmp.write_text(order)
         os.replace(tmp, self.control)
         done = self.control.with_suffix(".done")
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for line in done.read_text().splitlines() if done.exists() else []:
-                    when, _, what = line.partition(" ")
-                    if what == order:
-                        return float(when)
-                time.sleep(0.02)
+
+        def carried_out() -> Optional[float]:
+            for line in done.read_text().splitlines() if done.exists() else []:
+                when, _, what = line.partition(" ")
+                if what == order:
+                    return float(when)
             return None
+
+        try:
+            return eventually(carried_out, timeout)
         finally:
             self.control.unlink(missing_ok=True)  # a restarted agent must not obey it again
 
@@ -249,7 +251,7 @@ def _scenario(
 
     started = time.time()
     agent.start(_env(notify, stalls[0]))
-    if not holds_within(lambda: bool(notify.times("READY=1", started)) and detections() >= FRAMES, 60):
+    if not eventually(lambda: bool(notify.times("READY=1", started)) and detections() >= FRAMES, 60):
         raise AssertionError("the agent never served:\n" + log_tail())
 
     # (a) the accelerator fails mid-run, `failures` times
@@ -257,11 +259,11 @@ def _scenario(
         broke = agent.order(f"fail {k}")
         if broke is None:
             raise AssertionError("the device-call wrapper did not take the order:\n" + log_tail())
-        if holds_within(reaches(lambda: len(events("backend_reloaded")), k), 60):
+        if eventually(reaches(lambda: len(events("backend_reloaded")), k), 60):
             reload_s.append(time.time() - broke)
         else:
             wrong["not reloaded"] += 1
-        if not holds_within(fresh_after(newest()), 30):
+        if not eventually(fresh_after(newest()), 30):
             wrong["serving not resumed"] += 1
     failed = [e["in_a_row"] for e in events("inference_failed")]
     wrong["failure not reported"] = max(0, failures - failed.count(1))
@@ -272,7 +274,7 @@ def _scenario(
     pings_healthy = 0
     for k, watchdog_s in enumerate(stalls, start=1):
         since = time.time()
-        if not holds_within(reaches(partial(notify.count, "WATCHDOG=1", since), 2), 3 * watchdog_s + 10):
+        if not eventually(reaches(partial(notify.count, "WATCHDOG=1", since), 2), 3 * watchdog_s + 10):
             wrong["no watchdog while healthy"] += 1
         hung = agent.order(f"hang {k}")
         if hung is None:
@@ -285,8 +287,7 @@ def _scenario(
         last = before[-1] if before else hung
         # systemd fires when a whole WatchdogSec passes without a ping: wait that long and a bit
         deadline = last + watchdog_s + 0.5
-        while time.time() < deadline:
-            time.sleep(min(0.1, max(0.0, deadline - time.time())))
+        time.sleep(max(0.0, deadline - time.time()))  # a deliberate sleep: the stall, held that long
         during = [t for t in notify.times("WATCHDOG=1", hung + STALL_MARGIN_S) if t <= deadline]
         wrong["watchdog pinged during stall"] += len(during)
         kill_after_s.append((during[-1] if during else last) + watchdog_s - hung)
@@ -294,11 +295,11 @@ def _scenario(
         served = _assigned(world)  # the last seq the killed agent gave out
         restarted = time.time()
         agent.start(_env(notify, stalls[k] if k < len(stalls) else stalls[-1]))
-        if not holds_within(reaches(partial(notify.count, "READY=1", restarted), 1), 60):
+        if not eventually(reaches(partial(notify.count, "READY=1", restarted), 1), 60):
             wrong["no READY after restart"] += 1
-        if not holds_within(fresh_after(served), 30):
+        if not eventually(fresh_after(served), 30):
             wrong["no frames after restart"] += 1
-        if not holds_within(reaches(partial(notify.count, "WATCHDOG=1", restarted), 1), 10):
+        if not eventually(reaches(partial(notify.count, "WATCHDOG=1", restarted), 1), 10):
             wrong["no watchdog after restart"] += 1
 
     if agent.stop() != 0:
@@ -309,7 +310,7 @@ def _scenario(
         return {d["seq"] for d in dash.get("detections")}
 
     assigned = set(range(1, produced + 1))
-    holds_within(lambda: assigned <= received(), 10)
+    eventually(lambda: assigned <= received(), 10)
     wrong["seq gaps"] = len(assigned ^ received())
     return {
         "failures": failures,

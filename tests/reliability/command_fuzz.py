@@ -23,9 +23,10 @@ from typing import Dict, List, Set
 from hypothesis import HealthCheck, Phase, given, settings
 
 from edge_agent.bundle.signing import generate_keypair, load_private_key
-from tests.agent_world import DEVICE, V1, World, make_world, wait_for
+from tests.agent_world import DEVICE, V1, World, make_world
 from tests.command_rig import expected_id
 from tests.fuzz_commands import payloads, run_fuzz
+from tests.waiting import wait_for
 
 from .report import Row
 

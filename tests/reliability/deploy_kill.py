@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from tests.agent_world import V1, V2, make_world, wait_for
+from tests.agent_world import V1, V2, make_world
 from tests.bundle_variants import variant
+from tests.waiting import wait_for
 
 from .report import Row
 
@@ -59,7 +60,7 @@ def run(root: Path, full: bool) -> Row:
             target = rng.choice([v for v in (V1, V2, V3) if v != serving])
             command_id = world.command("deploy", manifest=uris[target], allow_downgrade=True)
             delay = rng.uniform(0.0, span * 1.2)
-            time.sleep(delay)
+            time.sleep(delay)  # a deliberate sleep: the kill lands at a random point of the deploy
             assert world.agent.proc is not None
             world.agent.proc.kill()
             world.agent.proc.wait(10)

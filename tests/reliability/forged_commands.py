@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Tuple
 from edge_agent.bundle.signing import generate_keypair, load_private_key, write_keypair
 from edge_agent.commands.envelope import new_command, sign_envelope
 from edge_agent.messages import utc_now_iso
-from tests.agent_world import DEVICE, V1, V2, World, make_world, wait_for
+from tests.agent_world import DEVICE, V1, V2, World, make_world
+from tests.waiting import wait_for
 
 from .report import Row
 

@@ -37,7 +37,6 @@ Wrong outcomes, each of which must be 0:
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +45,9 @@ from typing import Any, Dict, List, Set
 import yaml
 
 from edge_agent.mqtt.outbox import Outbox
-from tests.agent_world import World, holds_within, make_world
+from tests.agent_world import World, make_world
 from tests.mosquitto import TcpGate
+from tests.waiting import eventually
 
 from .report import Row
 
@@ -76,9 +76,6 @@ class _Cuts:
 
     def __init__(self, world: World, gate: TcpGate) -> None:
         self.world, self.gate = world, gate
-        self.subscribed = threading.Event()
-        # The dashboard subscribes again on every connect; its SUBACK says it is listening.
-        world.dash.client.on_subscribe = lambda *a: self.subscribed.set()
         self.queued: Dict[str, int] = {}  # per cut: detections made while the path was cut
         self.catch_up_s: List[float] = []
         self.not_caught_up = 0
@@ -102,34 +99,34 @@ class _Cuts:
         self.world.broker.stop()
 
     def restore_broker(self) -> None:
-        self.subscribed.clear()
+        subscribed = self.world.dash.subscriptions()
         self.world.broker.start()
-        if not self.subscribed.wait(30):
-            raise AssertionError("the dashboard did not subscribe again after the broker restarted")
+        # The dashboard subscribes again on every connect; its SUBACK says it is listening.
+        self.world.dash.wait_subscribed(subscribed + 1)
         self.gate.open()
 
     def outage(self, seconds: float) -> None:
         self.cut_broker()
         cut = time.time()
-        time.sleep(seconds)  # the outage itself
+        time.sleep(seconds)  # a deliberate sleep: the outage itself
         self.restore_broker()
         self.caught_up("outage", cut)
 
     def freeze(self, seconds: float) -> None:
         self.gate.freeze()
         cut = time.time()
-        time.sleep(seconds)  # the network holds every byte meanwhile
+        time.sleep(seconds)  # a deliberate sleep: the network holds every byte meanwhile
         self.gate.thaw()
         self.caught_up("freeze", cut)
 
     def restart(self, seconds: float) -> None:
         self.cut_broker()
         cut = time.time()
-        time.sleep(seconds / 2)
+        time.sleep(seconds / 2)  # a deliberate sleep: the first half of the outage
         if self.world.agent.stop() != 0:  # the queue stays on disk
             self.unclean += 1
         self.world.agent.start()
-        time.sleep(seconds / 2)
+        time.sleep(seconds / 2)  # a deliberate sleep: the second half, the restarted agent offline
         self.restore_broker()
         self.caught_up("restart", cut)
 
@@ -142,7 +139,7 @@ class _Cuts:
             fresh = [seq for seq, t in seqs.items() if t >= back]
             return bool(fresh) and all(seq in seqs for seq in range(1, min(fresh) + 1))
 
-        if holds_within(done, CATCH_UP_LIMIT_S):
+        if eventually(done, CATCH_UP_LIMIT_S):
             self.catch_up_s.append(time.time() - back)
         else:
             self.not_caught_up += 1
@@ -159,7 +156,7 @@ def run(root: Path, full: bool) -> Row:
             world.agent.config.write_text(yaml.safe_dump(config))
             cuts = _Cuts(world, gate)
             world.agent.start()
-            if not holds_within(lambda: len(cuts.detections()) >= FRAMES, 60):
+            if not eventually(lambda: len(cuts.detections()) >= FRAMES, 60):
                 raise AssertionError("the agent never served:\n" + world.agent.log.read_text()[-3000:])
             cuts.outage(plan["outage"])
             cuts.freeze(plan["freeze"])
@@ -174,7 +171,7 @@ def run(root: Path, full: bool) -> Row:
         finally:
             outbox.close()
         assigned = set(range(1, produced + 1))
-        holds_within(lambda: assigned <= {d["seq"] for d in cuts.detections()}, 10)
+        eventually(lambda: assigned <= {d["seq"] for d in cuts.detections()}, 10)
         found = cuts.detections()
     seqs = {d["seq"] for d in found}
     missing = assigned - seqs
