@@ -7,7 +7,7 @@ broker the link never connects: what it would send stays in its outbox, as the e
 would go on the wire (:meth:`CommandRig.take_sent`). With one, it is a device on that broker.
 
 :func:`expected_id` is SPEC §5's readable id, written from the SPEC apart from the checker (it
-imports nothing of it): the oracle of tests/fuzz_commands.py and tests/test_hostile_commands.py.
+imports nothing of it): the oracle of tests/fuzz_commands.py and tests/agent/test_hostile_commands.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ files: one device publishing as another or reading another's commands, a dashboa
 a client with no trusted certificate, and a device's certificate taking over another device's
 session by client id (which used to fire the victim's ``offline`` Will and steal its commands).
 
-The attacks are the tests in tests/test_deploy_files.py that prove each rule; this scenario runs
+The attacks are the tests in tests/agent/test_deploy_files.py that prove each rule; this scenario runs
 them and counts a failed one as a breach, so the table and ``make test`` speak of one set of
 checks. Wrong outcomes: *breaches* (an attack that worked), *not run* (a check skipped here)."""
 
@@ -42,7 +42,7 @@ def run(root: Path, full: bool) -> Row:
             "-p",
             "no:cacheprovider",
             f"--junitxml={report}",
-            "tests/test_deploy_files.py",
+            "tests/agent/test_deploy_files.py",
             "-k",
             " or ".join(CHECKS),
         ],

@@ -25,7 +25,7 @@ from tests.s3server import S3
 pytest.importorskip("boto3")
 pytest.importorskip("tqdm")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
 

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from edge_agent.backends import imports, litert
 from edge_agent.errors import BackendUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUPPORTED = ("3.9", "3.10", "3.11", "3.12", "3.13")
 
 # What numpy 2 writes to sys.stderr (then PyErr_Print) before a numpy-1.x extension's

@@ -23,7 +23,7 @@ from tests.mosquitto import Mosquitto, Subscriber, TcpGate
 from tests.pki import make_tls_files
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "ew"
 DEVICE = "pi-01"
 TOPICS = Topics(PREFIX, DEVICE, ("lab",))
@@ -120,7 +120,7 @@ def child_main() -> None:
     sys.stdin.read()
 
 
-CHILD_CODE = "from tests.test_mqtt_link import child_main; child_main()"
+CHILD_CODE = "from tests.agent.test_mqtt_link import child_main; child_main()"
 
 
 class Child:
@@ -139,7 +139,7 @@ class Child:
             [
                 sys.executable,
                 "-c",
-                "from tests.test_mqtt_link import child_main; child_main()",
+                "from tests.agent.test_mqtt_link import child_main; child_main()",
                 json.dumps(args),
             ],
             cwd=ROOT,

@@ -16,7 +16,7 @@ import pytest
 from tests.mosquitto import Mosquitto
 from tests.s3server import S3
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Modules (and their submodules) that only the device or the trainer has any use for.
 NOT_FOR_THE_OPERATOR = (
@@ -100,7 +100,7 @@ def test_the_s3_paths_of_deploy_load_nothing_of_the_device(
 ) -> None:
     pytest.importorskip("tqdm")  # publish's progress bar
     from cloud_trainer.publish import publish
-    from tests.test_publish import make_bundle
+    from tests.trainer.test_publish import make_bundle
 
     published = publish(make_bundle(tmp_path / "b"), s3.uri("models"), client=s3.client, channel="stable")
     broker = ["--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--prefix", "imports"]

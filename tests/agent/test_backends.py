@@ -213,7 +213,7 @@ def test_unknown_backend_and_bad_options() -> None:
     with pytest.raises(BackendError, match=r"backend openvino: bad options: num_requests: Input should be"):
         registry.create("openvino", options={"num_requests": "many"})
     # Another backend's options are left to it (under auto every candidate gets the same mapping);
-    # a key no backend takes is refused at start, by check_options (tests/test_detector_options.py).
+    # a key no backend takes is refused at start, by check_options (tests/agent/test_detector_options.py).
     assert registry.create("tflite", options={"num_requests": 2}).options.device is None
 
 

@@ -23,10 +23,10 @@ import pytest
 from edge_agent.config import S3Config
 from edge_agent.store import FetchCancelled, FetchError, FetchIntegrityError, FetchStalled, fetch_bundle
 from edge_agent.store import fetch as fetch_module
+from tests.agent.test_store import make_bundle
 from tests.bundle_http import BundleServer
 from tests.pki import make_tls_files
 from tests.s3server import CLEARED_ENV, FAKE_ENV, S3
-from tests.test_store import make_bundle
 
 BUNDLE_FILES = ["manifest.json", "model.bin", "model.tflite", "model.xml"]
 NO_S3 = S3Config()
@@ -147,7 +147,7 @@ def test_the_s3_extra_is_imported_only_for_s3(
         f"fetch_bundle({(bundle.as_uri() + '/')!r}, {str(tmp_path / 'x')!r}, s3=S3Config(), max_bytes=1<<22);"
         "assert 'boto3' not in sys.modules, 'boto3 imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
     monkeypatch.setitem(sys.modules, "boto3", None)  # as if the extra were not installed
     with pytest.raises(FetchError, match=r"the s3 extra is not installed \(pip install edgewatch\[s3\]\)"):
         fetch_bundle("s3://bucket/b/manifest.json", tmp_path / "d", s3=NO_S3, max_bytes=1)

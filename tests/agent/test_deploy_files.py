@@ -28,7 +28,7 @@ from tests.mosquitto import wait_listening
 from tests.pki import certificate, new_key, write_cert, write_key
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 INSTALL = DEPLOY / "install.sh"
 MAKE_CERTS = DEPLOY / "mosquitto" / "make-certs.sh"

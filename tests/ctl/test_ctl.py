@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -34,18 +33,12 @@ from edge_agent.commands import (
 )
 from edge_agent.config import CommandsConfig, DeviceConfig
 from edge_agent.ctl import main
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, free_port
 from tests.s3server import S3
 from tests.waiting import wait_for
 
 DEADLINE_S = 10.0
 _prefixes = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

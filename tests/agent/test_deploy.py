@@ -25,8 +25,8 @@ from edge_agent.store import (
     StoredVersion,
     StoreError,
 )
+from tests.agent.test_store import make_bundle
 from tests.bundle_http import BundleServer
-from tests.test_store import make_bundle
 from tests.waiting import wait_for
 
 STAGES = ["downloading", "verifying", "loading", "warming", "activating"]

@@ -1,0 +1,1 @@
+"""Tests of edge-ctl, the operator's tool."""

@@ -1,0 +1,1 @@
+"""Tests of cloud_trainer: datasets, training, export, packaging and publishing."""
