@@ -20,7 +20,12 @@ SEMVER_RE = re.compile(
 )
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
-Runtime = Literal["tflite", "edgetpu", "openvino", "onnx", "opencv"]
+# The artifact kinds the built-in backends load: "tflite", "edgetpu", "openvino", "onnx",
+# "opencv". Which backend loads which, each backend class declares (Backend.runtimes); the
+# manifest takes any well-formed name, so that a bundle carrying an artifact for a newer
+# accelerator (a plugin's) still loads, on its other artifacts, on a device that has no backend
+# for it: what nothing here runs is skipped, as unknown top-level keys are.
+RUNTIME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 def check_plain_file_name(value: str) -> str:
@@ -63,7 +68,7 @@ class DecoderSpec(Strict):
 
 
 class Artifact(Strict):
-    runtime: Runtime
+    runtime: str
     file: str
     precision: Literal["int8", "uint8", "fp16", "fp32"]
     sha256: str
@@ -76,6 +81,13 @@ class Artifact(Strict):
     config: Optional[str] = None
     config_sha256: Optional[str] = None
     config_bytes: Optional[int] = Field(None, ge=0)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if not RUNTIME_RE.match(v):
+            raise ValueError(f"{v!r} is not an artifact runtime name (lower case letters, digits, '_', '-')")
+        return v
 
     @field_validator("file", "weights", "config")
     @classmethod

@@ -96,6 +96,7 @@ def test_unknown_decoder_and_bad_params(bundle_dir: Path) -> None:
         (lambda d: d["artifacts"][1].pop("weights"), "an openvino artifact needs its weights"),
         (lambda d: d["artifacts"][0].update(file="manifest.json"), "would overwrite the manifest"),
         (lambda d: d.pop("labels"), "labels: Field required"),
+        (lambda d: d["artifacts"][0].update(runtime="TF Lite"), "'TF Lite' is not an artifact runtime name"),
     ],
 )
 def test_manifest_errors_name_the_field(bundle_dir: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -145,3 +146,26 @@ def test_signature_round_trip(tmp_path: Path, bundle_dir: Path) -> None:
 def test_version_order() -> None:
     versions = ["1.10.0", "1.2.0", "1.2.0-rc.1", "0.9.9", "2.0.0"]
     assert sorted(versions, key=version_key) == ["0.9.9", "1.2.0-rc.1", "1.2.0", "1.10.0", "2.0.0"]
+
+
+def test_an_artifact_no_backend_here_runs_is_carried_not_refused(tmp_path: Path, shapes_bundle: Path) -> None:
+    """A bundle may carry an artifact for an accelerator this device has no backend for (a newer
+    agent's, or a plugin's): it still verifies, and the device serves one of the others."""
+    import numpy as np
+
+    from edge_agent.loading import open_detector
+
+    d = tmp_path / "with-hef"
+    shutil.copytree(shapes_bundle, d)
+    (d / "model.hef").write_bytes(b"hailo" * 100)
+    edit(d, lambda doc: doc["artifacts"].append(artifact_entry("hef", "int8", d / "model.hef")))
+    bundle = load_bundle(d)
+    assert bundle.artifact("hef").file == "model.hef"
+    (d / "model.hef").write_bytes(b"tampered")  # its files are verified all the same
+    with pytest.raises(BundleError, match="model.hef"):
+        load_bundle(d)
+    (d / "model.hef").write_bytes(b"hailo" * 100)
+    detector, _ = open_detector(str(d), "auto")
+    with detector:
+        assert detector.backend.artifact is not None and detector.backend.artifact.runtime != "hef"
+        detector.detect(np.zeros((32, 32, 3), np.uint8))
