@@ -12,4 +12,4 @@ scripts/make-venv.sh 3.9 "$venv" -e ".[tflite,onnx,s3]" pytest "moto[server]>=5.
 if "$venv/bin/python" -c 'import tensorflow' 2>/dev/null; then echo "tensorflow must not be installed here" >&2; exit 1; fi
 # The reliability suite drives `edge-agent run` and `cloud-trainer publish` as subprocesses
 # (the trainer needs 3.10+); it runs in `make test`, on the same agent code.
-exec "$venv/bin/python" -m pytest -q -m "not needs_tf" -p no:cacheprovider --ignore=tests/test_reliability.py tests
+exec "$venv/bin/python" -m pytest -q -m "not needs_tf" -p no:cacheprovider --ignore=tests/e2e/test_reliability.py tests
