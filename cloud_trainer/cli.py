@@ -22,7 +22,18 @@ from .errors import TrainerError
 
 __all__ = ["COMMANDS", "TrainerError", "build_parser", "main"]  # TrainerError: importable from here too
 
-COMMANDS = ("synth", "inspect", "train", "evaluate", "export", "package", "keygen", "publish")
+COMMANDS = (
+    "synth",
+    "inspect",
+    "train",
+    "evaluate",
+    "export",
+    "package",
+    "import-darknet",
+    "zoo",
+    "keygen",
+    "publish",
+)
 
 _OWN_PACKAGES = ("cloud_trainer", "edge_agent")  # a module of these missing is not a dependency
 
@@ -33,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        module_name = f"cloud_trainer.commands.{name}"
+        module_name = f"cloud_trainer.commands.{name.replace('-', '_')}"
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:

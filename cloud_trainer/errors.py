@@ -14,3 +14,8 @@ class TrainerError(EdgewatchError):
 class DatasetError(TrainerError):
     """A dataset cannot be read or written. The message names the file and, where there is one,
     the line (``path:line: what is wrong``)."""
+
+
+class PackageError(TrainerError):
+    """A model file cannot be packaged as it is: the message names the file and says what is
+    missing or ambiguous, and which option (``--labels``, ``--decoder``…) settles it."""
