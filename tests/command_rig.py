@@ -57,7 +57,7 @@ class _BusyDeployer:
 class _Switch:
     serving = None
 
-    def revert(self, old: Any) -> None:
+    def revert(self) -> None:
         pass
 
     def commit(self) -> None:

@@ -84,8 +84,9 @@ class Backend(abc.ABC):
     # artifact of that runtime with this backend).
     runtimes: ClassVar[Sequence[str]]
     Options: ClassVar[Type[BackendOptions]] = BackendOptions
-    # Where ``auto`` tries it; empty (a plugin's default): ``auto`` never picks it, only an
-    # explicit ``detector.backend`` does.
+    # Where ``auto`` tries it; counted only where a class declares it itself (a plugin that
+    # subclasses a built-in does not inherit its place): without one, ``auto`` never picks it,
+    # only an explicit ``detector.backend`` does.
     auto_slots: ClassVar[Sequence[AutoSlot]] = ()
     # The device the trainer checks this backend's native artifacts on, on a build machine
     # without accelerators (None: the backend's default).

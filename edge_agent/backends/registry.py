@@ -40,9 +40,9 @@ def _entry_points() -> Dict[str, str]:
 
 
 def available_names() -> List[str]:
-    names = dict(BUILTIN)
-    names.update(_entry_points())
-    return sorted(names)
+    """The built-in backends, then the plugins (sorted): built-ins come first wherever order
+    decides (auto's ties, the native backend of an artifact kind)."""
+    return [*BUILTIN, *sorted(set(_entry_points()) - set(BUILTIN))]
 
 
 def backend_class(name: str) -> Type[Backend]:
@@ -86,8 +86,13 @@ def artifact_runtimes() -> List[str]:
 
 def auto_order() -> List[Tuple[Type[Backend], Optional[str]]]:
     """``auto``'s candidates, (backend class, device), in the order the classes' ``auto_slots``
-    give (ties: by name)."""
-    slots = [(slot.rank, cls.name, slot.device, cls) for cls in loadable_classes() for slot in cls.auto_slots]
+    give (ties: built-ins first). Only slots a class declares itself count: a plugin that
+    subclasses a built-in does not inherit its place in ``auto``."""
+    slots = [
+        (slot.rank, order, slot.device, cls)
+        for order, cls in enumerate(loadable_classes())
+        for slot in vars(cls).get("auto_slots", ())
+    ]
     return [(cls, device) for _, _, device, cls in sorted(slots, key=lambda s: (s[0], s[1]))]
 
 

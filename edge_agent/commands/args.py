@@ -102,8 +102,9 @@ class SetArgs(Settings, CommandArgs):
     @model_validator(mode="before")
     @classmethod
     def _nulls_are_absent(cls, data: Any) -> Any:
+        # Only for settings: an unknown key is refused whatever its value.
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
         return data
 
     @model_validator(mode="after")

@@ -189,7 +189,8 @@ class CommandHandler:
                 reply_to = self._reply_to(incoming, r.signature_verified)
                 self._result(r.command_id, "rejected", reply_to, detail=r.reason)
             return
-        log.info("command %s: %s %s", cmd.id, cmd.type, json.dumps(cmd.args.model_dump(exclude_none=True)))
+        args = cmd.args.changes() if isinstance(cmd.args, SetArgs) else cmd.args.model_dump(exclude_none=True)
+        log.info("command %s: %s %s", cmd.id, cmd.type, json.dumps(args))
         getattr(self, f"_cmd_{cmd.type}")(cmd, self._reply_to(incoming, cmd.signature_verified))
 
     def _reply_to(self, incoming: IncomingCommand, signature_verified: bool) -> Optional[IncomingCommand]:
@@ -240,7 +241,15 @@ class CommandHandler:
     # -- deploy and rollback ---------------------------------------------------------------
     def _start_swap(self, cmd: Command, reply_to: Optional[IncomingCommand], request: Request) -> None:
         swap = _Swap(self, cmd, reply_to)
-        if not self.deployer.try_submit(request, swap.report, swap.ended, swap.accepted):
+        try:
+            taken = self.deployer.try_submit(request, swap.report, swap.ended, swap.accepted, swap.settle)
+        except Exception as e:
+            # Answering "accepted" failed after it may have been journaled: end it now rather
+            # than leave it open until a restart ends it as interrupted.
+            log.exception("%s %s could not be started", cmd.type, cmd.id)
+            self._result(cmd.id, "failed", reply_to, detail=f"internal error: {e}")
+            return
+        if not taken:
             self._result(
                 cmd.id, "rejected", reply_to, detail="busy: another deploy or rollback is in progress"
             )
@@ -292,15 +301,17 @@ class CommandHandler:
 
 class _Swap:
     """One deploy or rollback command between ``accepted`` and its ending: what it answers at
-    each step. ``accepted`` runs once the deployer's slot is taken, ``report`` and ``ended`` on
-    the deployer's threads."""
+    each step. ``accepted`` runs once the deployer's slot is taken; ``report`` on the
+    deployer's threads; ``settle`` on its worker while the slot is held (the switch made final
+    or undone); ``ended`` once it is free (the final result, then the event and the status)."""
 
     def __init__(self, handler: CommandHandler, cmd: Command, reply_to: Optional[IncomingCommand]) -> None:
         self.handler = handler
         self.cmd = cmd
         self.reply_to = reply_to
         self.before: Optional[str] = None  # what was current when it was accepted
-        self.old: Optional[Detector] = None  # what served then: put back if the swap fails
+        self._lock = threading.Lock()  # report vs ended: nothing in progress after the ending
+        self._ended = False
         self._last_stage: Optional[str] = None
         self._last_progress = -1.0
         self._last_t = 0.0
@@ -311,46 +322,58 @@ class _Swap:
     def accepted(self) -> None:
         current = self.handler.deployer.store.current()
         self.before = current.ident if current is not None else None
-        self.old = self.handler.switch.serving
         context = json.dumps({"current": self.before, "target": None})
         self._result("accepted", opens=OpenCommand(self.cmd.id, self.cmd.type, context))
 
     def report(self, stage: str, progress: Optional[float], detail: Optional[str]) -> None:
-        if stage == "loading" and stage != self._last_stage:
-            # The version this command would make current (the deployer names it here): a
-            # restart ends the command by whether that is current then.
-            context = json.dumps({"current": self.before, "target": detail})
-            self.handler.link.outbox.note_open(self.cmd.id, context)
-        now = time.monotonic()
-        if (
-            stage == self._last_stage
-            and progress is not None
-            and progress < 1.0
-            and progress - self._last_progress < PROGRESS_STEP
-            and now - self._last_t < 1.0
-        ):
-            return
-        self._last_stage, self._last_t = stage, now
-        self._last_progress = progress if progress is not None else -1.0
-        self._result("in_progress", stage=stage, progress=progress, detail=detail)
+        with self._lock:
+            if self._ended:  # an abandoned stage's late progress: the command has its ending
+                return
+            if stage == "loading" and stage != self._last_stage:
+                # The version this command would make current (the deployer names it here): a
+                # restart ends the command by whether that is current then.
+                context = json.dumps({"current": self.before, "target": detail})
+                self.handler.link.outbox.note_open(self.cmd.id, context)
+            now = time.monotonic()
+            if (
+                stage == self._last_stage
+                and progress is not None
+                and progress < 1.0
+                and progress - self._last_progress < PROGRESS_STEP
+                and now - self._last_t < 1.0
+            ):
+                return
+            self._last_stage, self._last_t = stage, now
+            self._last_progress = progress if progress is not None else -1.0
+            self._result("in_progress", stage=stage, progress=progress, detail=detail)
+
+    def settle(self, outcome: Outcome) -> None:
+        """Make the switch final, or undo it where the deploy failed after switching (the new
+        model served but could not be recorded as current): what serves is what the store
+        calls current. Any other failure switched nothing, so there is nothing to undo."""
+        if isinstance(outcome, DeployFailed):
+            if outcome.activated:
+                self.handler.switch.revert()
+        else:
+            self.handler.switch.commit()
 
     def ended(self, outcome: Outcome) -> None:
-        h, cmd = self.handler, self.cmd
-        try:
-            if isinstance(outcome, DeployFailed):
-                h.switch.revert(self.old)
-                log.error("%s %s failed at %s: %s", cmd.type, cmd.id, outcome.stage, outcome.reason)
-                h.control.event(
-                    "model_failed", {"command": cmd.id, "stage": outcome.stage, "detail": outcome.reason}
-                )
-                self._result("failed", stage=outcome.stage, detail=outcome.reason)
-                return
-            h.switch.commit()
-        except Exception as e:  # a bug must not leave the command without its final result
-            log.exception("%s %s failed", cmd.type, cmd.id)
-            self._result("failed", detail=f"internal error: {e}")
+        cmd = self.cmd
+        with self._lock:
+            self._ended = True
+        if isinstance(outcome, DeployFailed):
+            log.error("%s %s failed at %s: %s", cmd.type, cmd.id, outcome.stage, outcome.reason)
+            self._result("failed", stage=outcome.stage, detail=outcome.reason)
+            self._tell("model_failed", {"command": cmd.id, "stage": outcome.stage, "detail": outcome.reason})
             return
-        model = {"name": outcome.name, "version": outcome.version}
-        h.control.event("model_activated", {"command": cmd.id, "model": model})
         self._result("succeeded", detail=f"{outcome.name} {outcome.version} is active")
-        h.control.publish_status()
+        model = {"name": outcome.name, "version": outcome.version}
+        self._tell("model_activated", {"command": cmd.id, "model": model})
+
+    def _tell(self, kind: str, data: Dict[str, Any]) -> None:
+        """The event and the new status, after the result: neither may cost the command its ending."""
+        try:
+            self.handler.control.event(kind, data)
+            self.handler.control.publish_status()
+        except Exception:
+            log.exception("publishing %s for %s", kind, self.cmd.id)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Optional
 
 from ..detector import Detector
+from ..errors import EdgewatchError
 from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,15 @@ class DetectorSwitch:
 
     def activate(self, detector: Detector, timeout_s: float) -> None:
         """Serve ``detector`` from the next frame on; the replaced one is kept for ``revert``.
-        Raises, having switched nothing, when no frame boundary comes within ``timeout_s``."""
-        with self._lock:
-            self._replaced = self.pipeline.swap(detector, timeout=timeout_s)
+        Raises, having switched nothing, when no frame boundary comes within ``timeout_s`` (the
+        one deadline: waiting for a reload's ``replace`` to let go of the switch counts in it)."""
+        deadline = time.monotonic() + timeout_s
+        if not self._lock.acquire(timeout=timeout_s):
+            raise EdgewatchError(f"another switch held the pipeline for {timeout_s:g} s")
+        try:
+            self._replaced = self.pipeline.swap(detector, timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            self._lock.release()
 
     def commit(self) -> None:
         """The change is final (recorded on disk): release the replaced detector."""
@@ -37,11 +45,11 @@ class DetectorSwitch:
         if replaced is not None:
             replaced.close()
 
-    def revert(self, old: Optional[Detector]) -> None:
-        """A change failed after the switch (e.g. the store could not record it): serve ``old``
-        again, so what serves is what the store calls current."""
+    def revert(self) -> None:
+        """A change failed after the switch (the store could not record it): serve the detector
+        ``activate`` replaced again, so what serves is what the store calls current."""
         with self._lock:
-            self._replaced = None
+            old, self._replaced = self._replaced, None
             if old is None or self.pipeline.detector is old:
                 return
             new = self.pipeline.swap(old, timeout=self.timeout_s)

@@ -123,6 +123,7 @@ class RollbackRequest:
 Request = Union[DeployRequest, RollbackRequest]
 Outcome = Union[StoredVersion, DeployFailed]
 LateHandler = Callable[[Optional[T], Optional[BaseException]], None]
+_Queued = Tuple[Request, Report, Callable[[Outcome], None], Callable[[Outcome], None]]  # … settle, on_end
 
 
 class _Task(Generic[T]):
@@ -168,6 +169,11 @@ class _StageThread:
                 except Exception:
                     log.exception("cleaning up after an abandoned deploy stage")
 
+    def retire(self) -> None:
+        """End the thread once what it runs now (if anything) has ended."""
+        self.retired = True
+        self._tasks.put(_Task(lambda: None, None))  # wakes an idle loop to see it
+
     def run(
         self, work: Callable[[], T], deadline_s: float, on_late: Optional[LateHandler[T]] = None
     ) -> _Task[T]:
@@ -211,11 +217,10 @@ class Deployer(Generic[D]):
         self.cafile = cafile
         self._slot = threading.Lock()
         self._busy = False
+        self._stopped = False
         self._stage = "downloading"  # the stage under way, for errors nobody foresaw
         self._stage_thread: Optional[_StageThread] = None
-        self._requests: queue.Queue[Optional[Tuple[Request, Report, Callable[[Outcome], None]]]] = (
-            queue.Queue()
-        )
+        self._requests: queue.Queue[Optional[_Queued]] = queue.Queue()
         self._worker: Optional[threading.Thread] = None
 
     # -- the worker and its one slot ------------------------------------------------------------
@@ -226,10 +231,15 @@ class Deployer(Generic[D]):
         self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Let the worker finish what it runs (for up to ``timeout`` s) and end."""
+        """Refuse new requests, let the worker finish what it runs (for up to ``timeout`` s),
+        end it and the idle stage thread."""
+        with self._slot:
+            self._stopped = True
         self._requests.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        if self._stage_thread is not None:
+            self._stage_thread.retire()
 
     def try_submit(
         self,
@@ -237,11 +247,16 @@ class Deployer(Generic[D]):
         report: Report,
         on_end: Callable[[Outcome], None],
         accepted: Callable[[], None] = lambda: None,
+        settle: Callable[[Outcome], None] = lambda outcome: None,
     ) -> bool:
-        """Hand ``request`` to the worker; False (and nothing called) while another runs.
-        ``accepted`` runs in the caller's thread once the slot is taken and before the worker
-        starts (the agent answers ``accepted`` there, so it precedes every ``in_progress``);
-        ``on_end`` runs on the worker with the activated version or the failure."""
+        """Hand ``request`` to the worker; False (and nothing called) while another runs or
+        after ``stop``. ``accepted`` runs in the caller's thread once the slot is taken and
+        before the worker starts (the agent answers ``accepted`` there, so it precedes every
+        ``in_progress``); if it raises, the slot is freed and the exception goes to the caller.
+        On the worker, with the activated version or the failure: ``settle`` while the slot is
+        still held (the agent commits or reverts its switch there, before anything else can
+        start a switch), then ``on_end`` once it is free (the final result: a caller that
+        deploys again on hearing it is not answered "busy")."""
         if not self._take_slot():
             return False
         try:
@@ -249,7 +264,7 @@ class Deployer(Generic[D]):
         except BaseException:
             self._free_slot()
             raise
-        self._requests.put((request, report, on_end))
+        self._requests.put((request, report, settle, on_end))
         return True
 
     @property
@@ -258,7 +273,7 @@ class Deployer(Generic[D]):
 
     def _take_slot(self) -> bool:
         with self._slot:
-            if self._busy:
+            if self._busy or self._stopped:
                 return False
             self._busy = True
             return True
@@ -272,16 +287,21 @@ class Deployer(Generic[D]):
             item = self._requests.get()
             if item is None:
                 return
-            request, report, on_end = item
+            request, report, settle, on_end = item
             try:
                 outcome: Outcome = self._run(request, report)
             except DeployFailed as e:
                 outcome = e
+            try:
+                settle(outcome)
+            except Exception as e:  # the worker must outlive a bug in what the caller does next
+                log.exception("settling the %s", type(request).__name__)
+                outcome = DeployFailed(self._stage, f"internal error: {_reason(e)}")
             finally:
                 self._free_slot()
             try:
                 on_end(outcome)
-            except Exception:  # the worker must outlive a bug in what the caller does next
+            except Exception:
                 log.exception("after the %s", type(request).__name__)
 
     # -- public operations ----------------------------------------------------------------------
@@ -427,6 +447,16 @@ class Deployer(Generic[D]):
             )
         return manifest.ident
 
+    def _install_in_time(self, staging: Path) -> Tuple[StoredVersion, bool]:
+        """``_install`` under the activating deadline (it writes and syncs the whole bundle: a
+        failing SD card can hang there); an install that ends after it is removed again."""
+
+        def late(result: Optional[Tuple[StoredVersion, bool]], _error: Optional[BaseException]) -> None:
+            if result is not None and result[1]:
+                self._remove_quietly(result[0])
+
+        return self._in_stage("activating", lambda: self._install(staging), self.timeouts.activating_s, late)
+
     def _install(self, staging: Path) -> Tuple[StoredVersion, bool]:
         """Move the verified staging copy into the store (which makes room first); (the installed
         version, whether this deploy installed it anew)."""
@@ -522,7 +552,7 @@ class Deployer(Generic[D]):
             detector = self._load_warm(directory, ident, r.backend, report, check_files=False)
             self._stage = "activating"
             try:
-                sv, fresh = (installed, False) if installed is not None else self._install(directory)
+                sv, fresh = (installed, False) if installed is not None else self._install_in_time(directory)
             except BaseException:
                 detector.close()
                 raise

@@ -300,6 +300,9 @@ def test_third_party_backend_registers_by_entry_point(
     )
     assert "fake" in registry.available_names()
     assert registry.backend_class("fake").__name__ == "FakeBackend"
+    # A subclass of a built-in does not inherit its place in auto, nor take over its artifacts.
+    assert "fake" not in [cls.name for cls, _ in registry.auto_order()]
+    assert registry.native_backend("tflite").name == "tflite"
 
 
 @needs_openvino

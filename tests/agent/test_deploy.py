@@ -362,6 +362,7 @@ def test_one_deploy_at_a_time(store: ModelStore, harness: Harness, sources: Dict
         assert isinstance(failed, DeployFailed) and "a previous version is not installed" in failed.reason
     finally:
         deployer.stop()
+    assert not deployer.try_submit(RollbackRequest(), harness.report, outcomes.append)  # stopped
 
 
 def test_the_stages_share_one_stage_thread_until_one_is_abandoned(

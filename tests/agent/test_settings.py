@@ -50,6 +50,8 @@ def test_service_settings_start_from_the_config_and_keep_set_overrides(tmp_path:
     assert again.effective == Settings(score_threshold=0.3, publish_mode="all", max_rate_hz=2)
     with pytest.raises(ValueError, match="give at least one of"):
         parse_args("set", {"score_threshold": None})
+    with pytest.raises(ValueError, match="args.bogus: unknown argument"):
+        parse_args("set", {"bogus": None, "score_threshold": 0.5})
 
 
 def test_edge_ctl_reads_each_setting_by_its_type() -> None:
