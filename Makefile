@@ -60,8 +60,9 @@ reliability: venv
 test-py39:
 	scripts/test-py39.sh
 
-# Exported IR loads and matches in OpenVINO 2022.3 LTS (the last release with the NCS2 plugin).
-check-ov2022:
+# Exported IR (a trained model's and an imported darknet Tiny YOLOv2's) loads and matches in
+# OpenVINO 2022.3 LTS (the last release with the NCS2 plugin).
+check-ov2022: venv
 	scripts/check-ov2022.sh
 
 clean:

@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import cv2
 import numpy as np
@@ -24,6 +27,7 @@ from .augment import prepare
 from .errors import TrainerError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMATS = ("tflite", "edgetpu", "openvino", "onnx", "tflite_fp32")
 FILES = {
@@ -36,9 +40,10 @@ FILES = {
 
 
 def representative(
-    images: List[Path], size: int, input_range: tuple, count: int = 200
+    images: List[Path], size: int, input_range: tuple, count: int = 200, resize: str = "letterbox"
 ) -> Callable[[], Iterator[List[np.ndarray]]]:
-    """Calibration data for int8: training images letterboxed exactly as the device does it."""
+    """Calibration data for int8: training images letterboxed (or stretched, as the manifest's
+    ``input.resize`` says) exactly as the device does it."""
     lo, hi = input_range
     lut = (lo + np.arange(256, dtype=np.float32) * (hi - lo) / 255.0).astype(np.float32)
     chosen = images[:: max(1, len(images) // count)][:count]
@@ -48,7 +53,10 @@ def representative(
             image = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if image is None:
                 continue
-            canvas, _ = prepare(image, np.zeros((0, 5), np.float32), size)
+            if resize == "stretch":
+                canvas = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+            else:
+                canvas, _ = prepare(image, np.zeros((0, 5), np.float32), size)
             yield [lut[canvas[..., ::-1]][None]]
 
     return gen
@@ -88,7 +96,8 @@ def onnx(export_model: Any, size: int, out: Path, opset: int = 13) -> Path:
 
     @tf.function(input_signature=spec)
     def serve(x: Any) -> Any:
-        return {"output0": export_model(x)}
+        out = export_model(x)  # one output, or one per head (an imported darknet YOLOv3)
+        return {f"output{i}": o for i, o in enumerate(out if isinstance(out, (list, tuple)) else [out])}
 
     path = out / FILES["onnx"]
     # NCHW input: what OpenVINO and cv2.dnn take natively, and the common ONNX convention.
@@ -133,14 +142,34 @@ def edgetpu(int8_path: Path, out: Path) -> Optional[Path]:
     return produced
 
 
+def _chatter_to_stderr(fn: Callable[..., T]) -> Callable[..., T]:
+    """The converters print as they go ("Saved artifact at …"): to stderr (whichever it is when
+    called), so that a command's stdout stays the one JSON line a script reads."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_chatter_to_stderr
 def export_all(
-    export_model: Any, size: int, input_range: tuple, train_images: List[Path], out: Path, formats: List[str]
+    export_model: Any,
+    size: int,
+    input_range: tuple,
+    train_images: List[Path],
+    out: Path,
+    formats: List[str],
+    resize: str = "letterbox",
 ) -> Dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     made: Dict[str, Path] = {}
     need_int8 = "tflite" in formats or "edgetpu" in formats
     if need_int8:
-        made["tflite"] = tflite_int8(export_model, representative(train_images, size, input_range), out)
+        rep = representative(train_images, size, input_range, resize=resize)
+        made["tflite"] = tflite_int8(export_model, rep, out)
     if "tflite_fp32" in formats:
         made["tflite_fp32"] = tflite_fp32(export_model, out)
     if "onnx" in formats or "openvino" in formats:

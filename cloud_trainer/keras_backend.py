@@ -30,8 +30,13 @@ class KerasBackend(Backend):
             input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)],
         )
         self._input = TensorSpec("images", (1, size, size, 3), np.dtype(np.float32))
-        out = tuple(int(d) if d is not None else 1 for d in model.output.shape)
-        self._outputs = [TensorSpec("output0", out, np.dtype(np.float32))]
+        # One output, or several (an imported darknet YOLOv3 has one per yolo layer).
+        self._outputs = [
+            TensorSpec(
+                f"output{i}", tuple(int(d) if d is not None else 1 for d in o.shape), np.dtype(np.float32)
+            )
+            for i, o in enumerate(model.outputs)
+        ]
 
     @classmethod
     def probe(cls) -> Probe:
@@ -41,7 +46,10 @@ class KerasBackend(Backend):
         raise NotImplementedError
 
     def infer(self, tensor: np.ndarray) -> List[OutputTensor]:
-        return wrap_outputs(self._outputs, [self._call(tensor).numpy()])
+        out = self._call(tensor)
+        return wrap_outputs(
+            self._outputs, [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+        )
 
     @property
     def accelerator(self) -> str:

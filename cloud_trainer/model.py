@@ -12,8 +12,8 @@ value lies in 0..1 and one int8 scale fits boxes and scores alike. The exported 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, Tuple
+from dataclasses import dataclass, field
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
@@ -175,3 +175,70 @@ def build(spec: ModelSpec, pretrained: bool = False, batch_size: Any = None) -> 
         inp, L.Permute((2, 1), name="output0")(cells), name="edgewatch_detector_export"
     )
     return train_model, export_model
+
+
+def is_class_layer(name: str) -> bool:
+    """The layers with one output channel per class: the class convolution of each head."""
+    return name.startswith("cls_") and name.endswith("_conv")
+
+
+@dataclass
+class Transfer:
+    """What ``transfer_weights`` did."""
+
+    copied: int = 0  # layers copied whole
+    kept: List[str] = field(default_factory=list)  # classes whose head weights were copied
+    new: List[str] = field(default_factory=list)  # classes the source lacks: heads as initialised
+    dropped: List[str] = field(default_factory=list)  # source classes the target lacks
+    fresh: List[str] = field(default_factory=list)  # layers with no counterpart of the same shape
+
+    def lines(self) -> List[str]:
+        out = [f"{self.copied} layers copied"]
+        if self.new or self.dropped or self.fresh:
+            out.append(f"class heads: kept {', '.join(self.kept) or 'no class'}")
+            if self.new:
+                out.append(f"re-initialised for {', '.join(self.new)}")
+            if self.dropped:
+                out.append(f"dropped {', '.join(self.dropped)}")
+        else:
+            out.append(f"class heads kept whole ({', '.join(self.kept)})")
+        if self.fresh:
+            out.append(f"left as initialised (no layer of that shape to copy): {', '.join(self.fresh)}")
+        return out
+
+
+def transfer_weights(
+    source: Any, target: Any, source_classes: Sequence[str], target_classes: Sequence[str]
+) -> Transfer:
+    """Copy ``source``'s weights into ``target`` layer by layer (by name, where the shapes
+    match). The class convolutions are copied per class, by name: a class both models have
+    keeps its weights (in the target's order), one only the target has keeps its fresh
+    initialisation (the focal-loss prior)."""
+    by_name = {layer.name: layer for layer in source.layers}
+    t = Transfer(
+        kept=[c for c in target_classes if c in source_classes],
+        new=[c for c in target_classes if c not in source_classes],
+        dropped=[c for c in source_classes if c not in target_classes],
+    )
+    for layer in target.layers:
+        weights = layer.get_weights()
+        src = by_name.get(layer.name)
+        if not weights:
+            continue
+        old = src.get_weights() if src is not None else []
+        if (
+            is_class_layer(layer.name)
+            and len(old) == len(weights) == 2
+            and old[0].shape[:-1] == weights[0].shape[:-1]
+        ):
+            for j, name in enumerate(target_classes):
+                if name in source_classes:
+                    i = list(source_classes).index(name)
+                    weights[0][..., j], weights[1][j] = old[0][..., i], old[1][i]
+            layer.set_weights(weights)
+        elif [w.shape for w in old] == [w.shape for w in weights]:
+            layer.set_weights(old)
+            t.copied += 1
+        else:
+            t.fresh.append(layer.name)
+    return t

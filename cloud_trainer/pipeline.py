@@ -9,17 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from edge_agent.backends import registry
-from edge_agent.backends.base import Backend
 from edge_agent.bundle import MANIFEST, Manifest, load_bundle
-from edge_agent.detector import Detector
 from edge_agent.errors import EdgewatchError
 
 from .data import load_dataset
 from .data.dataset import Dataset
 from .edgetpu_check import check as edgetpu_check
 from .errors import TrainerError
-from .evaluate import Metrics, evaluate
+from .evaluate import Metrics, NotRunHere, artifact_detector, evaluate, open_artifact
 from .export import FORMATS, export_all
 from .package import artifact_entry, repackage, write_bundle
 from .train import TRAINED_DEFAULTS, RunInfo, float_detector, load_model
@@ -32,6 +29,17 @@ PRECISION = {"tflite": "int8", "edgetpu": "int8", "openvino": "fp16", "onnx": "f
 
 def echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def load_run_model(run: Path, weights: str = "best") -> Tuple[RunInfo, Any, Any]:
+    """(info, model, export model) of a trained run, or of a run ``import-darknet`` made (one
+    set of weights, whatever ``weights`` says)."""
+    from .darknet import run as imported
+
+    info = RunInfo.load(run)
+    if imported.is_imported(info):
+        return imported.load(run, info)
+    return load_model(run, weights)
 
 
 def run_dataset(
@@ -51,29 +59,17 @@ def run_dataset(
     return ds.split(cfg.get("val_fraction", 0.2), cfg.get("seed", 0))
 
 
-def artifact_detector(bundle_dir: Path, runtime: str) -> Detector:
-    bundle = load_bundle(bundle_dir, runtimes=[runtime])
-    native = registry.native_backend(runtime)
-    backend: Backend = registry.create(native.name, device=native.check_device)
-    backend.load(bundle)
-    detector = Detector(bundle.manifest, backend, where=str(bundle_dir / MANIFEST))
-    detector.warm()  # output shapes checked against the decoder
-    return detector
-
-
 def measure(bundle_dir: Path, manifest: Manifest, val: Dataset) -> Dict[str, Any]:
     """mAP of every artifact through the device runtimes; an artifact this machine cannot run
     (an EdgeTPU model without an EdgeTPU) is reported as skipped with the reason."""
     per: Dict[str, Any] = {}
     for art in manifest.artifacts:
         try:
-            detector = artifact_detector(bundle_dir, art.runtime)
-        except EdgewatchError as e:
-            if art.runtime == "edgetpu":
-                per[art.runtime] = {"skipped": str(e)}
-                echo(f"  {art.runtime}: not measured here ({e})")
-                continue
-            raise TrainerError(f"{art.file}: the {art.runtime} runtime cannot run it: {e}") from e
+            detector = open_artifact(bundle_dir, art)
+        except NotRunHere as e:
+            per[art.runtime] = {"skipped": str(e)}
+            echo(f"  {art.runtime}: not measured here ({e})")
+            continue
         try:
             m = evaluate(detector, val)
         finally:
@@ -96,16 +92,30 @@ def export_run(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise TrainerError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    info, model, export_model = load_model(run, weights)
-    spec = info.model_spec
+    info, model, export_model = load_run_model(run, weights)
+    size, (lo, hi) = int(info.input["width"]), info.input["range"]
+    int8 = "tflite" in formats or "edgetpu" in formats
+    if (int8 or evaluate) and not info.data.get("path"):
+        raise TrainerError(
+            f"{run}: no dataset in {run.name}/run.json to {'calibrate int8 on' if int8 else 'evaluate on'}; "
+            "import the model with --data DATA, or export --formats openvino,onnx --no-evaluate"
+        )
     out = out or run / "bundle"
     if out.exists() and any(out.iterdir()):
         for stale in out.iterdir():  # a re-export replaces the bundle
             stale.unlink()
-    train_set, val_set = run_dataset(info)
+    # An imported model without a dataset exports what needs none (checked above).
+    empty = Dataset(list(info.classes), [])
+    train_set, val_set = run_dataset(info) if info.data.get("path") else (empty, empty)
     echo(f"exporting {run} ({weights} weights) as {', '.join(formats)} into {out}")
     made = export_all(
-        export_model, spec.img_size, spec.input_range, [s.image for s in train_set.samples], out, formats
+        export_model,
+        size,
+        (float(lo), float(hi)),
+        [s.image for s in train_set.samples or val_set.samples],  # an imported run's data is all val
+        out,
+        formats,
+        resize=info.input.get("resize", "letterbox"),
     )
 
     notes: Dict[str, Any] = {}
@@ -203,7 +213,7 @@ def evaluate_run(
     weights: str = "best",
     update_manifest: bool = True,
 ) -> Dict[str, Any]:
-    info, model, _ = load_model(run, weights)
+    info, model, _ = load_run_model(run, weights)
     _, val = run_dataset(info, data, fmt)
     echo(f"evaluating on {len(val.samples)} images:")
     m = _evaluate_float(info, model, val, run)

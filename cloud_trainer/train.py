@@ -6,6 +6,8 @@ A run directory holds everything about one training:
     RUN/weights/last.weights.h5   after every epoch (resume starts from here)
     RUN/weights/best.weights.h5   the best validation mAP@0.5 so far
     RUN/state.json                epoch, best mAP, history
+
+A run may start from an earlier model (``InitModel``, ``train --init``) instead of from nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from edge_agent.bundle import MANIFEST, load_bundle
 from edge_agent.bundle.manifest import DecoderSpec, Defaults, InputSpec, Manifest
 from edge_agent.detector import Detector
 
@@ -30,7 +33,7 @@ from .data.dataset import Dataset, Sample
 from .errors import DatasetError, TrainerError
 from .evaluate import evaluate
 from .keras_backend import KerasBackend
-from .model import ModelSpec, build, cell_grid
+from .model import BACKBONES, ModelSpec, build, cell_grid, transfer_weights
 from .targets import encode, make_loss
 from .targets import width as target_width
 
@@ -67,6 +70,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None  # stop (keeping the best) after this long
     # Same seed, same data, same machine type -> the same weights (TF op determinism).
     deterministic: bool = False
+    init: Optional[str] = None  # the run or bundle the weights started from (train --init)
 
 
 @dataclass
@@ -224,17 +228,25 @@ def train(
     data_path: Optional[str] = None,
     data_format: Optional[str] = None,
     echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    init: Optional[InitModel] = None,
 ) -> Dict[str, Any]:
     """Train a detector on ``dataset`` into the run directory ``run`` (or, with ``resume``,
-    continue the run there up to ``cfg.epochs``); the summary ``train_summary.json`` holds."""
+    continue the run there up to ``cfg.epochs``; with ``init``, start a new run from that
+    model's weights); the summary ``train_summary.json`` holds."""
     import tensorflow as tf
 
-    cfg, spec, info, state = _open_run(dataset, run, cfg, resume, data_path, data_format, echo)
+    start = None
+    if init is not None:  # every refusal before the run directory is touched
+        init.check_target(run, resume, cfg)
+        start = init.load(echo)
+    cfg, spec, info, state = _open_run(dataset, run, cfg, resume, data_path, data_format, echo, init)
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     items, val_set = _prepare_data(dataset, spec, cfg, echo)
     fitter = _Fitter(spec, cfg, items, weights_file(run, "last") if resume else None)
+    if init is not None:
+        echo(init.copy_into(start, fitter.model, dataset.classes))
     detector = float_detector(info, fitter.model, run)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     params = fitter.model.count_params()
@@ -252,9 +264,13 @@ def _open_run(
     data_path: Optional[str],
     data_format: Optional[str],
     echo: Callable[[str], None],
+    init: Optional[InitModel] = None,
 ) -> Tuple[TrainConfig, ModelSpec, RunInfo, TrainState]:
-    """The run directory with its run.json written: a new run, or (``resume``) the one there,
-    whose settings win over ``cfg`` except for the number of epochs."""
+    """The run directory with its run.json written: a new run (from ``init``'s architecture when
+    given), or (``resume``) the one there, whose settings win over ``cfg`` except for the
+    number of epochs."""
+    if init is not None:
+        cfg = replace(cfg, init=str(init.where))
     run.mkdir(parents=True, exist_ok=True)
     weights_file(run, "last").parent.mkdir(exist_ok=True)
     if resume:
@@ -268,6 +284,8 @@ def _open_run(
         state = TrainState.load(run)
     else:
         spec = ModelSpec(num_classes=len(dataset.classes), img_size=cfg.img_size, backbone=cfg.backbone)
+        if init is not None:
+            spec = replace(init.info.model_spec, num_classes=len(dataset.classes))
         info = run_info(dataset, spec, cfg)
         state = TrainState()
     if data_path is not None:
@@ -430,3 +448,223 @@ def load_model(run: Path, which: str = "best") -> Tuple[RunInfo, Any, Any]:
     model, export = build(info.model_spec, batch_size=1)
     model.load_weights(path)
     return info, model, export
+
+
+@dataclass(frozen=True)
+class InitModel:
+    """The earlier model a new run starts from (``train --init``): a run's weights, named directly
+    or through a bundle exported from it. A bundle beside its run (``RUN/bundle``, where ``export``
+    puts it) gives the run's weights, checked against its ONNX model where it has one; a bundle on
+    its own gives the weights of its fp32 ONNX model, mapped back onto the trainer's Keras model
+    (batch normalisation is folded into its convolutions: the BN layers start as the identity)."""
+
+    where: Path  # the run or bundle the user named
+    run: Optional[Path]  # None: a bundle on its own
+    info: RunInfo
+    bundle: Optional[Path] = None
+
+    @classmethod
+    def open(cls, path: Path) -> InitModel:
+        """Find the run behind ``path`` and check it is a model this trainer can continue (no
+        TensorFlow needed: the refusals come first)."""
+        if (path / RUN_FILE).is_file():
+            run, bundle = path, None
+        elif (path / MANIFEST).is_file():
+            found, bundle = _run_of_bundle(path), path
+            if found is None:
+                return cls(path.resolve(), None, _bundle_info(path), path)
+            run = found
+        else:
+            raise TrainerError(
+                f"{path}: neither a training run (no {RUN_FILE}) nor a bundle (no {MANIFEST}); "
+                "--init takes either"
+            )
+        info = RunInfo.load(run)
+        if info.spec.get("backbone") not in BACKBONES:  # e.g. a darknet model import-darknet made
+            kind = info.spec.get("backbone") or info.spec.get("kind") or "unknown"
+            raise TrainerError(
+                f"{run / RUN_FILE}: a {kind!r} model; --init continues the detectors `train` makes "
+                f"(backbones {', '.join(BACKBONES)})"
+            )
+        if not weights_file(run, "best").is_file() and not weights_file(run, "last").is_file():
+            raise TrainerError(f"{run}: no weights yet; has `cloud-trainer train` finished an epoch there?")
+        return cls(path.resolve(), run, info, bundle)
+
+    def settle(self, img_size: Optional[int], backbone: Optional[str]) -> Tuple[int, str]:
+        """The input size and backbone of the new run: the earlier model's; one given that
+        differs is refused."""
+        spec = self.info.model_spec
+        for option, given, own in (
+            ("--img-size", img_size, spec.img_size),
+            ("--backbone", backbone, spec.backbone),
+        ):
+            if given is not None and given != own:
+                raise TrainerError(
+                    f"{option} {given} differs from {own}, what {self.where} was trained with: --init "
+                    f"continues a model at its own input size and architecture; leave {option} out"
+                )
+        return spec.img_size, spec.backbone
+
+    def check_target(self, run: Path, resume: bool, cfg: TrainConfig) -> None:
+        """Refuse what cannot go with --init: a resume, the same run as the target, ImageNet
+        weights, another input size or architecture."""
+        if resume:
+            raise TrainerError(
+                "--init starts a new run from another model; --resume continues the run in --out"
+            )
+        if run.resolve() == (self.run or self.where).resolve():
+            raise TrainerError(f"{run}: --out is the --init run itself; give a new run directory")
+        if cfg.pretrained is not None:
+            raise TrainerError(
+                f"--pretrained {cfg.pretrained} and --init both give the starting weights; choose one"
+            )
+        self.settle(cfg.img_size, cfg.backbone)
+
+    def load(self, echo: Callable[[str], None]) -> Any:
+        """The earlier model with its weights (saying which)."""
+        if self.run is None:
+            return self._from_onnx(echo)
+        source, export = build(self.info.model_spec, batch_size=1)
+        which, note = self._load_weights(source, export)
+        echo(f"init: {weights_file(self.run, which)}{note}")
+        return source
+
+    def copy_into(self, source: Any, model: Any, classes: List[str]) -> str:
+        """Copy the weights of ``source`` (from ``load``) into ``model`` (built for ``classes``):
+        every layer, but for the class heads, where classes both have keep their weights
+        (matched by name) and the others are initialised afresh. A line that says what was kept."""
+        return f"init: {'; '.join(transfer_weights(source, model, self.info.classes, classes).lines())}"
+
+    def _from_onnx(self, echo: Callable[[str], None]) -> Any:
+        """The Keras model rebuilt from a bundle on its own: its fp32 ONNX model's weights."""
+        from .init_from_bundle import MappingError, keras_from_onnx
+
+        assert self.bundle is not None
+        art = load_bundle(self.bundle, runtimes=["onnx"]).manifest.artifact_for("onnx")
+        assert art is not None  # _bundle_info refused a bundle without one
+        path = self.bundle / art.file
+        try:
+            source, _, diff = keras_from_onnx(path, self.info.model_spec)
+        except MappingError as e:
+            raise TrainerError(f"{path}: its layers do not map onto the trainer's model ({e})") from e
+        except ImportError as e:
+            raise TrainerError(f"{path}: --init from a bundle needs onnx and onnxruntime ({e})") from e
+        except Exception as e:  # onnx and onnxruntime errors (DecodeError, Fail...) derive from it
+            raise TrainerError(f"{path}: cannot read it as an ONNX model: {e}") from e
+        echo(
+            f"init: weights from {path} (batch norm folded: BN layers start as identity, the folded "
+            f"shift as their beta; outputs agree within {diff:.1g})"
+        )
+        return source
+
+    def _load_weights(self, source: Any, export: Any) -> Tuple[str, str]:
+        """Load the run's best weights (its last when it has no best) into ``source``; for a
+        bundle, the ones its ONNX model was exported from. (which, a note for the user)."""
+        assert self.run is not None
+        candidates = [w for w in ("best", "last") if weights_file(self.run, w).is_file()]
+        reference = self._onnx_output() if self.bundle is not None else None
+        if reference is None:
+            source.load_weights(weights_file(self.run, candidates[0]))
+            note = (
+                ""
+                if self.bundle is None
+                else " (not checked against the bundle: no fp32 onnx artifact or onnxruntime)"
+            )
+            return candidates[0], note
+        x, expected = reference
+        for which in candidates:
+            source.load_weights(weights_file(self.run, which))
+            if float(np.abs(np.asarray(export(x)) - expected).max()) < 1e-3:
+                return which, f" (the weights of {self.bundle}: its model.onnx gives the same outputs)"
+        raise TrainerError(
+            f"{self.bundle}: the weights in {self.run} are no longer those the bundle was exported from "
+            f"(trained further since?); --init {self.run} starts from the run's current weights"
+        )
+
+    def _onnx_output(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(an input, the bundle's fp32 ONNX model's output for it), or None where the bundle has
+        no such model or onnxruntime is not installed."""
+        assert self.bundle is not None
+        bundle = load_bundle(self.bundle, runtimes=["onnx"])  # its file checked against the manifest
+        art = bundle.manifest.artifact_for("onnx")
+        if art is None or art.precision != "fp32":
+            return None
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None
+        spec = self.info.model_spec
+        lo, hi = spec.input_range
+        x = np.random.default_rng(0).uniform(lo, hi, (1, spec.img_size, spec.img_size, 3)).astype(np.float32)
+        path = self.bundle / art.file
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            first = session.get_inputs()[0]
+            feed = x.transpose(0, 3, 1, 2) if first.shape[1] == 3 else x  # the trainer's ONNX is NCHW
+            return x, np.asarray(session.run(None, {first.name: feed})[0])
+        except Exception as e:  # onnxruntime's errors (InvalidProtobuf, Fail...) derive from Exception
+            raise TrainerError(f"{path}: onnxruntime cannot run it: {e}") from e
+
+
+def _run_of_bundle(bundle: Path) -> Optional[Path]:
+    """The run a bundle was exported from where it is beside it, as ``export`` leaves it
+    (RUN/bundle); None for a bundle on its own. A bundle this trainer did not make is refused."""
+    source = load_bundle(bundle, verify=False).manifest.source
+    if not str(source.get("producer") or "").startswith("cloud_trainer"):
+        raise TrainerError(
+            f"{bundle / MANIFEST}: not exported by cloud-trainer (its source.producer is "
+            f"{source.get('producer')!r}); --init continues the models this trainer made; without --init, "
+            "training starts from scratch"
+        )
+    name, model = source.get("run"), source.get("model")
+    run = bundle.resolve().parent
+    if name and model and (run / RUN_FILE).is_file() and RunInfo.load(run).spec == model:
+        return run
+    return None
+
+
+def _bundle_info(bundle: Path) -> RunInfo:
+    """What a bundle on its own says of its model, as its run's run.json would: the input size
+    and classes from the manifest, the backbone from its ``source.model`` or, where that does not
+    name one, from the shapes of its ONNX model's convolutions."""
+    manifest = load_bundle(bundle, runtimes=["onnx"]).manifest  # its onnx file checked against it
+    art = manifest.artifact_for("onnx")
+    if art is None or art.precision != "fp32":
+        raise TrainerError(
+            f"{bundle}: no fp32 onnx artifact to take the weights from (a bundle away from its run gives "
+            "them through its model.onnx); export the run with --formats onnx, or pass the run itself"
+        )
+    size, decoder = manifest.input.width, manifest.decoder.type
+    model = dict(manifest.source.get("model") or {})
+    kind = model.get("backbone") or model.get("kind")
+    if (model and kind not in BACKBONES) or decoder != "yolov8" or manifest.input.height != size:
+        raise TrainerError(
+            f"{bundle / MANIFEST}: a {kind or decoder!r} model, input {size}x{manifest.input.height}; --init "
+            f"continues the detectors `train` makes (backbones {', '.join(BACKBONES)})"
+        )
+    spec = ModelSpec(len(manifest.labels), size, str(kind or BACKBONES[0]), int(model.get("width", 64)))
+    if kind is None:
+        spec = _infer_backbone(bundle / art.file, spec)
+    return RunInfo(
+        spec=asdict(spec),
+        classes=list(manifest.labels),
+        input=manifest.input.model_dump(),
+        decoder=manifest.decoder.model_dump(),
+        config={},
+    )
+
+
+def _infer_backbone(path: Path, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the backbone whose convolutions have the shapes of the ONNX model's."""
+    from .init_from_bundle import infer_backbone
+
+    try:
+        found = infer_backbone(path, [replace(spec, backbone=b) for b in BACKBONES])
+    except Exception as e:  # onnx's parse errors (DecodeError...) derive from Exception
+        raise TrainerError(f"{path}: cannot read it as an ONNX model: {e}") from e
+    if found is None:
+        raise TrainerError(
+            f"{path}: its layers do not map onto the trainer's model (its manifest names no backbone, and "
+            f"no backbone of {', '.join(BACKBONES)} at input {spec.img_size} has its convolutions' shapes)"
+        )
+    return found

@@ -1,11 +1,15 @@
 """Load the exported IR with the agent's openvino backend under OpenVINO 2022.3 and compare its
 outputs with the ONNX reference recorded when the model was built; run the DetectionOutput IR
-through the whole detector. Exits non-zero on any mismatch."""
+through the whole detector; and, given a second directory (made by ``python -m
+tests.darknet_models DIR`` in the trainer's environment), load the IR of an imported darknet Tiny
+YOLOv2 and compare it with current OpenVINO and with OpenCV's darknet reader. Exits non-zero on
+any mismatch."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -14,7 +18,34 @@ from edge_agent.bundle import load_bundle
 from edge_agent.detector import Detector
 
 
-def main(models: Path) -> int:
+def check_darknet(made: Path) -> bool:
+    """The IR of a Tiny YOLOv2 imported with ``import-darknet`` (random weights in darknet's
+    format): it loads here, its raw region output matches current OpenVINO's (the same IR, both
+    f32) closely and OpenCV's darknet reader (float32 weights, not FP16) within FP16's error, and
+    the yolov2 decoder takes it."""
+    bundle = load_bundle(made / "bundle")
+    ref = np.load(made / "reference.npz")
+    backend = OpenVINOBackend(device="CPU", inference_precision="f32")
+    backend.load(bundle)
+    vs_current = vs_darknet = 0.0
+    for x, current_out, darknet_out in zip(ref["inputs"], ref["openvino"], ref["opencv"]):
+        got = backend.infer(x[None])[0].dequantized()[0]
+        vs_current = max(vs_current, float(np.abs(got - current_out).max()))
+        vs_darknet = max(vs_darknet, float(np.abs(got - darknet_out).max()))
+    scale = float(np.abs(ref["opencv"]).max())
+    print(
+        f"darknet Tiny YOLOv2 {bundle.manifest.artifacts[0].file} over {len(ref['inputs'])} frames "
+        f"(outputs up to {scale:.2f}): max |2022.3 - current OpenVINO| = {vs_current:.5f}, "
+        f"max |2022.3 - OpenCV darknet fp32| = {vs_darknet:.5f}"
+    )
+    if vs_current > 2e-3 * scale or vs_darknet > 0.02 * scale:
+        print("OpenVINO 2022.3 outputs of the darknet model differ from the reference", file=sys.stderr)
+        return False
+    Detector(bundle.manifest, backend).warm()  # the yolov2 decoder takes its output
+    return True
+
+
+def main(models: Path, darknet: Optional[Path] = None) -> int:
     _, version = import_openvino()
     print(f"OpenVINO {version} on Python {sys.version.split()[0]}")
     if not version.startswith("2022.3"):
@@ -54,9 +85,11 @@ def main(models: Path) -> int:
     if not ok:
         print("DetectionOutput model did not find the red cell at x=0.5..0.75, y=0.25..0.5", file=sys.stderr)
         return 1
+    if darknet is not None and not check_darknet(darknet):
+        return 1
     print("OpenVINO 2022.3 check passed")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -74,22 +74,35 @@ def package_model(
         echo(f"  {note}")
     if out.exists() and any(out.iterdir()):
         raise PackageError(f"{out}: not empty; package writes a new bundle directory")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    entries = [_copy_artifact(art, out) for art in inferred.artifacts]
-    manifest = write_bundle(
-        out,
-        name=name or bundle_name(inferred, files.model),
-        version=version,
-        labels=inferred.labels,
-        input=inferred.input,
-        decoder=inferred.decoder,
-        artifacts=entries,
-        defaults=inferred.defaults,
-        source={"packaged_from": files.model.name, "kind": inferred.kind},
-        sign_key=sign_key,
-    )
-    for runtime, outcome in (verify or verify_bundle)(out).items():
-        echo(f"  {runtime}: {outcome}")
+    try:
+        entries = [_copy_artifact(art, out) for art in inferred.artifacts]
+        manifest = write_bundle(
+            out,
+            name=name or bundle_name(inferred, files.model),
+            version=version,
+            labels=inferred.labels,
+            input=inferred.input,
+            decoder=inferred.decoder,
+            artifacts=entries,
+            defaults=inferred.defaults,
+            source={"packaged_from": files.model.name, "kind": inferred.kind},
+            sign_key=sign_key,
+        )
+        for runtime, outcome in (verify or verify_bundle)(out).items():
+            echo(f"  {runtime}: {outcome}")
+    except BaseException:
+        # A bundle that failed is no bundle: what this call wrote goes, so that the same
+        # command can run again once the cause is fixed (out was empty or absent before).
+        for child in list(out.iterdir()):
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        if made:
+            out.rmdir()
+        raise
     return manifest, inferred
 
 
