@@ -28,6 +28,9 @@ class TensorSpec:
     dtype: np.dtype
     scale: Optional[float] = None
     zero_point: int = 0
+    # The runtime does the model's own pre-processing (OpenVINO's PrePostProcessor): it takes
+    # the placed frame as it is, BGR uint8 NHWC, and applies colour, range and layout itself.
+    takes_bgr_frame: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -163,6 +166,8 @@ class Preprocessor:
 
     def __call__(self, frame_bgr: np.ndarray) -> Tuple[np.ndarray, Transform]:
         placed, transform = place(frame_bgr, self.width, self.height, self.spec.resize, self.spec.pad_value)
+        if self.tensor.takes_bgr_frame:
+            return np.ascontiguousarray(placed[None]), transform
         if self.spec.color == "rgb":
             placed = cv2.cvtColor(placed, cv2.COLOR_BGR2RGB)
         values = self.lut[placed]  # fancy indexing: one table look-up per element

@@ -25,7 +25,8 @@ def check_darknet(made: Path) -> bool:
     the yolov2 decoder takes it."""
     bundle = load_bundle(made / "bundle")
     ref = np.load(made / "reference.npz")
-    backend = OpenVINOBackend(device="CPU", inference_precision="f32")
+    # The recorded inputs are prepared tensors: the model itself, without OpenVINO's pre-processing.
+    backend = OpenVINOBackend(device="CPU", inference_precision="f32", preprocess_in_model=False)
     backend.load(bundle)
     vs_current = vs_darknet = 0.0
     for x, current_out, darknet_out in zip(ref["inputs"], ref["openvino"], ref["opencv"]):
@@ -53,8 +54,9 @@ def main(models: Path, darknet: Optional[Path] = None) -> int:
         return 1
     bundle = load_bundle(models / "shapes")
     ref = np.load(models / "shapes" / "reference.npz")
-    # f32 on both sides: x86 CPUs with bf16 units would otherwise each round differently.
-    backend = OpenVINOBackend(device="CPU", inference_precision="f32")
+    # f32 on both sides: x86 CPUs with bf16 units would otherwise each round differently. The
+    # recorded inputs are prepared tensors: the model itself, without OpenVINO's pre-processing.
+    backend = OpenVINOBackend(device="CPU", inference_precision="f32", preprocess_in_model=False)
     backend.load(bundle)
     # FP16 weights alone move a sigmoid output by up to ~0.03 from the float ONNX model, in
     # current OpenVINO as much as in 2022.3; so 2022.3 is held to current OpenVINO's outputs
@@ -73,6 +75,19 @@ def main(models: Path, darknet: Optional[Path] = None) -> int:
         return 1
     detector = Detector(bundle.manifest, backend)
     detector.warm()
+    # The agent's default: 2022.3's PrePostProcessor takes the BGR uint8 frame and does colour,
+    # range and layout in the model; its outputs must be the numpy path's.
+    in_model = OpenVINOBackend(device="CPU", inference_precision="f32")
+    in_model.load(bundle)
+    framed = Detector(bundle.manifest, in_model)
+    frame = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    a = framed.backend.infer(framed.prepare(frame)[0])[0].dequantized()
+    b = backend.infer(detector.prepare(frame)[0])[0].dequantized()
+    ppp_diff = float(np.abs(a - b).max())
+    print(f"pre-processing in the model: takes the frame {in_model.input.takes_bgr_frame}, {ppp_diff:.2e}")
+    if not in_model.input.takes_bgr_frame or ppp_diff > 1e-4:
+        print("OpenVINO 2022.3's PrePostProcessor path differs from the numpy path", file=sys.stderr)
+        return 1
 
     ovssd = load_bundle(models / "ovssd")
     ssd_backend = OpenVINOBackend(device="CPU")

@@ -415,3 +415,33 @@ def test_a_backend_that_fails_to_close_does_not_fail_the_detectors_close(
     detector.backend.close = broken  # type: ignore[method-assign]
     detector.close()
     assert detector.closed and "the device went away" in caplog.text
+
+
+@needs_openvino
+@pytest.mark.parametrize("bundle", ["shapes", "ovssd"])
+def test_openvino_preprocessing_in_the_model_computes_what_numpy_does(models_dir: Path, bundle: str) -> None:
+    """By default OpenVINO's PrePostProcessor takes the placed BGR uint8 frame and does colour,
+    range and layout itself; the outputs are those of the numpy path (fp32 inference)."""
+    from edge_agent.sources.synthetic import SceneGenerator
+
+    opened = [
+        open_detector(
+            str(models_dir / bundle),
+            "openvino",
+            options={"preprocess_in_model": in_model, "inference_precision": "f32"},
+        )[0]
+        for in_model in (True, False)
+    ]
+    with opened[0] as in_model, opened[1] as numpy_path:
+        assert in_model.backend.input.takes_bgr_frame and in_model.backend.input.dtype == np.uint8
+        assert not numpy_path.backend.input.takes_bgr_frame
+        gen = SceneGenerator(width=200, height=150, seed=5)
+        for i in range(3):
+            image, _ = gen.render(i)
+            tensor, _ = in_model.prepare(image)
+            assert tensor.dtype == np.uint8 and tensor.shape[-1] == 3  # the frame, placed: nothing else
+            ours = in_model.backend.infer(tensor)
+            theirs = numpy_path.backend.infer(numpy_path.prepare(image)[0])
+            for a, b in zip(ours, theirs):
+                np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-5)
+            assert in_model.detect(image).detections == numpy_path.detect(image).detections
