@@ -163,7 +163,8 @@ def build_ov2022_check(out: Path) -> None:
         if main(args) != 0:
             raise SystemExit(f"cloud-trainer {' '.join(args)} failed")
     images = [random_image(416, seed) for seed in range(3)]
-    backend = OpenVINOBackend(device="CPU", inference_precision="f32")
+    # raw tensors: the model itself, without OpenVINO's pre-processing
+    backend = OpenVINOBackend(device="CPU", inference_precision="f32", preprocess_in_model=False)
     backend.load(load_bundle(bundle))
     nchw = [model_input(im).transpose(0, 3, 1, 2) for im in images]
     current = np.stack([backend.infer(x)[0].dequantized()[0] for x in nchw])
