@@ -22,9 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from edge_agent.decoders import yolov2, yolov3
-
 from ..darknet.cfg import DarknetError, Network, Region, Yolo, parse_network
+from ..darknet.run import decoder_spec
 from ..darknet.weights import expected_size, read_header
 from ..errors import PackageError
 from .base import ArtifactFiles, Inferred, ModelFiles
@@ -129,15 +128,13 @@ def _decoder(net: Network, notes: List[str]) -> Tuple[Dict[str, Any], int]:
             f"decoder yolov2: [region] at {head.where}, {len(head.anchors)} anchors (grid cells), "
             f"{head.shape[0]}x{head.shape[1]} grid"
         )
-        return {"type": yolov2.TYPE, "params": {"anchors": [list(a) for a in head.anchors]}}, head.classes
+        return decoder_spec(net), head.classes
     yolos = [h for h in net.heads if isinstance(h, Yolo)]
     if any(y.anchors != yolos[0].anchors for y in yolos):
         raise PackageError(
             f"{yolos[0].where}: the [yolo] layers list different anchors; the decoder takes one list"
         )
     by_grid = sorted(yolos, key=lambda y: y.shape[0] * y.shape[1])
-    masks = [list(y.mask) for y in by_grid]
     grids = ", ".join(f"{y.shape[0]}x{y.shape[1]} mask {list(y.mask)}" for y in by_grid)
     notes.append(f"decoder yolov3: {len(yolos)} [yolo] layers ({grids}), anchors in input pixels")
-    params = {"anchors": [list(a) for a in yolos[0].anchors], "masks": masks}
-    return {"type": yolov3.TYPE, "params": params}, yolos[0].classes
+    return decoder_spec(net), yolos[0].classes  # the one reading of heads, shared with import-darknet
