@@ -46,8 +46,12 @@ pytest: venv
 demo: venv
 	$(VENV)/bin/edge-agent demo
 
+# The benchmark suite (issue 11): the service against the raw inference loop and the naive
+# one-thread loop, latency, memory, start-up, a deploy's gap, a simulated off-CPU accelerator, the
+# trainer. Prints the tables and writes them, with the machine's description, to
+# docs/benchmarks.md. About 10 minutes on 2 cores; nothing in it is asserted.
 bench: venv
-	$(VENV)/bin/edge-agent bench --bundle $(TEST_MODELS)/shapes --backend tflite --seconds 10 --pretty
+	$(PY) -m benchmarks --out docs/benchmarks.md --json docs/benchmarks.json
 
 # Hostile input, crashes and outages, each against a real Mosquitto and S3/HTTP on loopback: the
 # full form of tests/reliability (make test runs the quick one). Prints the table, writes

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List
+from typing import Any, Deque, Dict, List, Tuple
 
 import numpy as np
 
-from .backends.base import Pending
+from .backends.base import Backend, Pending
 from .detector import Detector
 from .messages import DetectionOut
 
@@ -30,6 +30,25 @@ def percentiles(samples_s: List[float]) -> Dict[str, float]:
         "min": round(float(a.min()), 3),
         "max": round(float(a.max()), 3),
     }
+
+
+def throughput(backend: Backend, tensor: np.ndarray, seconds: float) -> Tuple[float, int]:
+    """Inferences per second with ``backend.max_in_flight`` kept outstanding on one prepared
+    tensor (what an NCS2 needs to reach its rate), and how many ran."""
+    depth = max(1, backend.max_in_flight)
+    window: Deque[Pending] = deque()
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline or done == 0:
+        while len(window) < depth:
+            window.append(backend.submit(tensor))
+        window.popleft().result()
+        done += 1
+    while window:
+        window.popleft().result()
+        done += 1
+    return done / (time.perf_counter() - start), done
 
 
 def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]:
@@ -56,19 +75,7 @@ def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]
 
     # Throughput: keep the backend's in-flight window full for the other half.
     depth = max(1, backend.max_in_flight)
-    window: Deque[Pending] = deque()
-    done = 0
-    start = time.perf_counter()
-    deadline = start + seconds / 2
-    while time.perf_counter() < deadline or done == 0:
-        while len(window) < depth:
-            window.append(backend.submit(tensor))
-        window.popleft().result()
-        done += 1
-    while window:
-        window.popleft().result()
-        done += 1
-    elapsed = time.perf_counter() - start
+    fps, done = throughput(backend, tensor, seconds / 2)
 
     m = detector.manifest
     art = backend.artifact
@@ -80,7 +87,7 @@ def run(detector: Detector, image: np.ndarray, seconds: float) -> Dict[str, Any]
         "input": {"shape": list(backend.input.shape), "dtype": str(backend.input.dtype)},
         "threads": backend.options.threads,
         "in_flight": depth,
-        "throughput_fps": round(done / elapsed, 2),
+        "throughput_fps": round(fps, 2),
         "throughput_inferences": done,
         "latency_ms": percentiles(lat),
         "latency_samples": len(lat),
