@@ -50,7 +50,7 @@ def build_models(root: Path, world: World) -> Dict[str, Path]:
     return {"demo": world.bundles[V1], models.TINY_YOLOV2: bundle}
 
 
-def measure(root: Path, rounds: int, seconds: float, quick: bool) -> Dict[str, Any]:
+def measure(root: Path, rounds: int, seconds: float, quick: bool, trainer: bool = True) -> Dict[str, Any]:
     # long enough that no run reaches its end (the demo model runs at several hundred fps)
     video = machine.make_video(root / "clip.avi", frames=int((seconds + 2) * 500))
     sources = {"synthetic": "synthetic:7", "video": f"file:{video}"}
@@ -111,8 +111,9 @@ def measure(root: Path, rounds: int, seconds: float, quick: bool) -> Dict[str, A
             for d in detectors.values():
                 d.close()
             bench.close()
-    say("trainer")
-    figures["trainer"] = _trainer(root / "trainer", quick)
+    if trainer:
+        say("trainer")
+        figures["trainer"] = _trainer(root / "trainer", quick)
     return figures
 
 
@@ -150,6 +151,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round (a smoke run, not figures)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None, help="each measurement's length")
+    parser.add_argument("--no-trainer", action="store_true", help="leave the trainer out")
     parser.add_argument("--out", type=Path, default=None, help="write the report (markdown) here")
     parser.add_argument("--json", type=Path, default=None, help="write every sample here")
     args = parser.parse_args(argv)
@@ -158,7 +160,7 @@ def main(argv: List[str]) -> int:
     described = machine.describe()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as root:
-        figures = measure(Path(root), rounds, seconds, args.quick)
+        figures = measure(Path(root), rounds, seconds, args.quick, trainer=not args.no_trainer)
     figures["machine"] = described
     figures["wall_s"] = round(time.monotonic() - started, 1)
     command = "make bench" if not args.quick else "python -m benchmarks --quick"

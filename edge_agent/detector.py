@@ -100,22 +100,12 @@ class Detector:
             label = self.labels[det.class_id]
             if wanted is not None and label not in wanted:
                 continue
-            b = transform.to_frame(det.box)
-            if b.xmax <= b.xmin or b.ymax <= b.ymin:
+            b = det.box
+            xmin, ymin, xmax, ymax = transform.xyxy_to_frame(b.xmin, b.ymin, b.xmax, b.ymax)
+            if xmax <= xmin or ymax <= ymin:
                 continue  # entirely in the letterbox padding
-            out.append(
-                DetectionOut(
-                    label=label,
-                    class_id=det.class_id,
-                    score=round(det.score, 4),
-                    box=BoxOut(
-                        xmin=round(b.xmin, 5),
-                        ymin=round(b.ymin, 5),
-                        xmax=round(b.xmax, 5),
-                        ymax=round(b.ymax, 5),
-                    ),
-                )
-            )
+            box = BoxOut(xmin=round(xmin, 5), ymin=round(ymin, 5), xmax=round(xmax, 5), ymax=round(ymax, 5))
+            out.append(DetectionOut(label=label, class_id=det.class_id, score=round(det.score, 4), box=box))
         return out
 
     def detect(self, image: np.ndarray) -> Result:

@@ -54,6 +54,12 @@ class Probe:
 
 
 class Pending(abc.ABC):
+    # When the runtime started and finished the request (time.perf_counter), where it knows:
+    # with requests queued behind each other, the time from submit to result is not the
+    # inference's own.
+    started: Optional[float] = None
+    finished: Optional[float] = None
+
     @abc.abstractmethod
     def result(self) -> List[OutputTensor]: ...
 

@@ -340,7 +340,7 @@ class Agent:
 
     # -- a failing accelerator -------------------------------------------------------------
     def _on_failing(self, failing: Detector, reason: str) -> None:
-        """The pipeline's detector failed frame after frame (called on the inference thread)."""
+        """The pipeline's detector failed frame after frame (called on the emit thread)."""
         if self._reloading.is_set() or self._running().deployer.busy:
             return  # already on it, or a deploy is about to replace the detector anyway
         self._reloading.set()

@@ -7,8 +7,10 @@
 - The inference thread prepares a frame and submits it to the backend, keeping up to
   ``backend.max_in_flight`` requests outstanding (an NCS2 needs several to reach its throughput);
   while the accelerator runs one request, the next frame is captured and pre-processed.
-- The emit thread hands each result to ``on_result`` (JSON, the on-disk outbox, MQTT) so a slow
-  disk or broker never stalls inference.
+- The emit thread decodes each frame's outputs (NMS, mapping boxes to the frame) and hands the
+  result to ``on_result`` (JSON, the on-disk outbox, MQTT), so neither decoding nor a slow disk
+  or broker holds up the next inference. Results, failures included, reach it in frame order,
+  and it alone counts failures in a row.
 
 A model swap happens between two frames: the inference thread finishes every request of the old
 detector, then switches, so each frame is processed by exactly one model and none is lost.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Literal, Optional
 
 from ..backends.base import Pending
+from ..decoders.base import OutputTensor
 from ..detector import Detector
 from ..errors import EdgewatchError, SourceError
 from ..messages import DetectionOut, ImageSize, Latency
@@ -40,6 +43,12 @@ Mode = Literal["live", "every"]
 # 10 s stream timeout, below the unit's WatchdogSec=30, so systemd restarts the service.
 WEDGED_SOURCE_S = 20.0
 EVERY_QUEUE = 4  # frames captured ahead in `every` mode: enough to overlap, small enough for memory
+# Frames with their raw outputs waiting for the emit thread: enough to ride out a slow write to
+# the outbox, few enough that memory stays flat (a 640x480 frame is 0.9 MB, a yolov8n at 640
+# outputs 2.7 MB). When the emit thread falls behind, inference waits: in `every` mode that
+# holds capture back, in `live` mode the camera's newer frames replace the waiting one.
+RESULTS_QUEUE = 8
+RESULTS_BYTES = 32 * 1024 * 1024  # frames and outputs together
 
 
 @dataclass(frozen=True)
@@ -157,9 +166,33 @@ class Stats:
 class _InFlight:
     frame: Frame  # numbered by the pipeline (frame.index)
     detector: Detector
-    transform: Transform
+    transform: Optional[Transform]  # None: the frame failed before the backend took it
     pending: Pending
     t_submit: float
+
+
+@dataclass
+class _Outcome:
+    """What the inference thread hands the emit thread for one frame: the raw outputs to
+    decode, or the error that failed the frame."""
+
+    frame: Frame
+    detector: Detector
+    transform: Optional[Transform] = None
+    outputs: Optional[List[OutputTensor]] = None
+    inference_ms: float = 0.0
+    error: Optional[Exception] = None
+    size: int = 0  # bytes of the frame and its outputs
+
+
+class _Failed(Pending):
+    """A frame that failed before the backend took it: it keeps its place in the frame order."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def result(self) -> List[OutputTensor]:
+        raise self.error
 
 
 @dataclass
@@ -194,12 +227,15 @@ class Pipeline:
         # When the capture thread entered source.open()/read(), while it is inside one.
         self._source_call_since: Optional[float] = None
         self._wedged_said = False
-        self._failures = 0  # frames failed in a row
+        self._failures = 0  # frames failed in a row (the emit thread's)
+        self._failing: Optional[Detector] = None  # whose failures those are
         self.detector: Optional[Detector] = None
         self.buffer = FrameBuffer(mode)
         self.stats = Stats(self.buffer)
         self.ended = threading.Event()  # a finite source (file, image folder) ran out
-        self._results: queue.Queue[Optional[Processed]] = queue.Queue(maxsize=256)
+        self._results: queue.Queue[Optional[_Outcome]] = queue.Queue(maxsize=RESULTS_QUEUE)
+        self._queued_bytes = 0  # of the frames and outputs in _results
+        self._room = threading.Condition()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._swap: Optional[_SwapRequest] = None
@@ -360,43 +396,44 @@ class Pipeline:
                     continue
                 frame = self.buffer.get(0 if inflight else 0.2)
                 if frame is not None:
-                    try:
-                        self._submit(detector, frame, inflight)
-                    except Exception as e:
-                        self._failed_frame(frame, e)
+                    self._submit(detector, frame, inflight)
                 if inflight and (frame is None or len(inflight) >= detector.backend.max_in_flight):
                     self._complete(inflight.popleft())
         finally:
             self._results.put(None)
 
     def _submit(self, detector: Detector, frame: Frame, inflight: Deque[_InFlight]) -> None:
-        tensor, transform = detector.prepare(frame.image)
         t = time.perf_counter()
-        pending = detector.backend.submit(tensor)
+        try:
+            tensor, transform = detector.prepare(frame.image)
+            t = time.perf_counter()
+            pending = detector.backend.submit(tensor)
+        except Exception as e:
+            inflight.append(_InFlight(frame, detector, None, _Failed(e), t))
+            return
         inflight.append(_InFlight(frame, detector, transform, pending, t))
 
     def _complete(self, job: _InFlight) -> None:
+        """Wait for a frame's outputs and queue them for decoding on the emit thread."""
         try:
             outputs = job.pending.result()
-            t_done = time.perf_counter()
-            detections = job.detector.decode(outputs, job.transform)
         except Exception as e:
-            self._failed_frame(job.frame, e)
+            self._results.put(_Outcome(job.frame, job.detector, error=e))
             return
-        self._failures = 0
-        inference_ms = (t_done - job.t_submit) * 1000
-        total_ms = max(0.0, (time.time() - job.frame.timestamp) * 1000)
-        self.stats.frame_done(inference_ms)
-        processed = Processed(
-            frame=job.frame,
-            number=job.frame.index,
-            detector=job.detector,
-            detections=detections,
-            image=ImageSize(width=job.frame.width, height=job.frame.height),
-            latency=Latency(inference=round(inference_ms, 2), total=round(total_ms, 2)),
-        )
-        self._results.put(processed)
-        self._first_result.set()
+        t_done = time.perf_counter()
+        # The runtime's own start and end where it tells them: queued behind another request,
+        # the time since submit is not this inference's.
+        p = job.pending
+        started = job.t_submit if p.started is None else max(job.t_submit, p.started)
+        finished = t_done if p.finished is None else p.finished
+        inference_ms = max(0.0, finished - started) * 1000
+        size = job.frame.image.nbytes + sum(o.data.nbytes for o in outputs)
+        with self._room:
+            # One frame always goes in, however large: the emit thread is never left waiting.
+            while self._queued_bytes and self._queued_bytes + size > RESULTS_BYTES:
+                self._room.wait(0.5)
+            self._queued_bytes += size
+        self._results.put(_Outcome(job.frame, job.detector, job.transform, outputs, inference_ms, size=size))
 
     def _drain(self, inflight: Deque[_InFlight]) -> None:
         while inflight:
@@ -408,35 +445,69 @@ class Pipeline:
         if req is None:
             return
         req.previous, self.detector = self.detector, req.detector
-        self._failures = 0
         req.done.set()
 
-    def _failed_frame(self, frame: Frame, error: Exception) -> None:
+    def _failed_frame(self, frame: Frame, detector: Detector, error: Exception) -> None:
         # A frame the backend cannot process is reported and skipped: the service keeps running.
         # An accelerator that went away (a Coral pulled out) fails every frame: report the 1st,
         # 10th, 100th... failure in a row rather than each one, and after `failure_limit` in a
-        # row ask the owner (on_failing) to bring up a working detector.
+        # row ask the owner (on_failing) to bring up a working detector. The count starts again
+        # with another detector (a swap).
+        if detector is not self._failing:
+            self._failing, self._failures = detector, 0
         self._failures += 1
         n = self._failures
         if n == 1 or math.log10(n).is_integer():
             log.error("frame %d: inference failed (%d in a row): %s", frame.index, n, error)
             self.on_event("inference_failed", {"frame": frame.index, "in_a_row": n, "detail": str(error)})
-        if n == self.failure_limit and self.detector is not None:
-            self.on_failing(self.detector, str(error))
+        if n == self.failure_limit:
+            self.on_failing(detector, str(error))
 
     # -- emit ------------------------------------------------------------------------------
+    def _processed(self, outcome: _Outcome) -> Optional[Processed]:
+        """Decode a frame's outputs; None when it failed (reported, counted)."""
+        frame, detector = outcome.frame, outcome.detector
+        try:
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.outputs is not None and outcome.transform is not None
+            detections = detector.decode(outcome.outputs, outcome.transform)
+        except Exception as e:
+            self._failed_frame(frame, detector, e)
+            return None
+        self._failures = 0
+        total_ms = max(0.0, (time.time() - frame.timestamp) * 1000)
+        self.stats.frame_done(outcome.inference_ms)
+        self._first_result.set()
+        return Processed(
+            frame=frame,
+            number=frame.index,
+            detector=detector,
+            detections=detections,
+            image=ImageSize(width=frame.width, height=frame.height),
+            latency=Latency(inference=round(outcome.inference_ms, 2), total=round(total_ms, 2)),
+        )
+
     def _emit(self) -> None:
         failures = 0  # in a row
         while True:
-            item = self._results.get()
-            if item is None:
+            outcome = self._results.get()
+            if outcome is None:
                 return
+            if outcome.size:
+                with self._room:
+                    self._queued_bytes -= outcome.size
+                    self._room.notify()
+            number = outcome.frame.index
             try:
+                item = self._processed(outcome)
+                if item is None:
+                    continue
                 self.on_result(item)
                 failures = 0
             except EdgewatchError as e:  # e.g. the outbox on a full disk: the 1st, 10th, 100th…
                 failures += 1
                 if failures == 1 or math.log10(failures).is_integer():
-                    log.error("frame %d: publishing failed (%d in a row): %s", item.number, failures, e)
+                    log.error("frame %d: publishing failed (%d in a row): %s", number, failures, e)
             except Exception:
-                log.exception("publishing frame %d failed", item.number)
+                log.exception("publishing frame %d failed", number)

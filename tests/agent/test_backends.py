@@ -445,3 +445,59 @@ def test_openvino_preprocessing_in_the_model_computes_what_numpy_does(models_dir
             for a, b in zip(ours, theirs):
                 np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-5)
             assert in_model.detect(image).detections == numpy_path.detect(image).detections
+
+
+def test_tflite_runs_requests_on_its_own_thread_in_order_and_closes(shapes_bundle: Path) -> None:
+    """submit() queues a request for the backend's worker (the one thread that touches the
+    interpreter); results are those of infer(), per request, and close() stops the worker
+    after the requests already submitted."""
+    import threading
+
+    from edge_agent.sources.synthetic import SceneGenerator
+
+    detector, _ = open_detector(str(shapes_bundle), "tflite")
+    backend = detector.backend
+    assert backend.max_in_flight == 2
+    gen = SceneGenerator(width=320, height=240, seed=5)
+    tensors = [detector.prepare(gen.render(i)[0])[0] for i in range(5)]
+    expected = [backend.infer(t)[0].data for t in tensors]
+    assert not np.array_equal(expected[0], expected[1])
+    pending = [backend.submit(t) for t in tensors]  # more than max_in_flight: they queue
+    for p, e in zip(pending, expected):
+        np.testing.assert_array_equal(p.result()[0].data, e)
+        assert p.started is not None and p.finished is not None and p.finished >= p.started
+    workers = [t for t in threading.enumerate() if t.name == "tflite-invoke"]
+    assert workers
+    last = [backend.submit(t) for t in tensors[:2]]
+    detector.close()
+    for p, e in zip(last, expected):  # submitted before close: still answered
+        np.testing.assert_array_equal(p.result()[0].data, e)
+    assert not backend._worker.is_alive()  # type: ignore[attr-defined]
+    with pytest.raises(BackendError, match="closed"):
+        backend.submit(tensors[0])
+
+
+def test_tflite_request_errors_reach_the_caller_and_the_worker_goes_on(shapes_bundle: Path) -> None:
+    with open_detector(str(shapes_bundle), "tflite")[0] as detector:
+        backend = detector.backend
+        wrong = np.zeros((1, 8, 8, 3), np.uint8)  # not the model's input shape
+        with pytest.raises(ValueError):
+            backend.submit(wrong).result()
+        tensor, _ = detector.prepare(np.zeros((240, 320, 3), np.uint8))
+        assert backend.infer(tensor)[0].data.shape == tuple(backend.outputs[0].shape)
+
+
+def test_a_tflite_backend_dropped_without_close_stops_its_worker(shapes_bundle: Path) -> None:
+    import gc
+    import weakref
+
+    backend = registry.create("tflite")
+    backend.load(load_bundle(shapes_bundle))
+    worker = backend._worker  # type: ignore[attr-defined]
+    assert worker.is_alive()
+    ref = weakref.ref(backend)
+    del backend
+    gc.collect()
+    assert ref() is None
+    worker.join(10)
+    assert not worker.is_alive()

@@ -710,3 +710,55 @@ def test_parse_params(type_name: str, params: Any, expected: Any) -> None:
 def test_bad_params(type_name: str, params: Any, message: str) -> None:
     with pytest.raises(DecoderError, match=message):
         parse_params(type_name, params)
+
+
+def _greedy_nms_reference(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_detections: int
+) -> List[int]:
+    """Greedy NMS as written down, one box at a time (single class)."""
+    keep: List[int] = []
+    for i in sorted(range(len(scores)), key=lambda k: -scores[k]):  # sorted() is stable
+        if len(keep) >= max_detections:
+            break
+        a = boxes[i]
+        ok = True
+        for j in keep:
+            b = boxes[j]
+            iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            inter = iw * ih
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            if union > 0 and inter / union > iou_threshold:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_matrix_and_loop_paths_agree_with_greedy_nms(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few candidates take the IoU-matrix path, many the loop: both are the greedy algorithm,
+    tied scores kept in their order, and boxes of other classes never suppress each other."""
+    from edge_agent.decoders import base
+
+    rng = np.random.default_rng(seed)
+    n = 150
+    xy = rng.random((n, 2)) * 0.8
+    boxes = np.concatenate([xy, xy + 0.05 + rng.random((n, 2)) * 0.2], axis=1).astype(np.float64)
+    scores = np.round(rng.random(n), 2)  # ties on purpose
+    classes = rng.integers(0, 3, n)
+    for iou, most in ((0.5, 100), (0.3, 7), (0.9, 0)):
+        matrix = base.nms(boxes, scores, classes, iou, most)
+        monkeypatch.setattr(base, "NMS_MATRIX_MAX", 0)
+        loop = base.nms(boxes, scores, classes, iou, most)
+        monkeypatch.undo()
+        assert matrix.tolist() == loop.tolist()
+        # per class, the survivors are greedy NMS's within that class, best score first
+        for c in range(3):
+            idx = np.nonzero(classes == c)[0]
+            expected = [int(idx[k]) for k in _greedy_nms_reference(boxes[idx], scores[idx], iou, len(idx))]
+            got = [i for i in matrix.tolist() if classes[i] == c]
+            assert got == expected[: len(got)]
+        assert [scores[i] for i in matrix] == sorted((scores[i] for i in matrix), reverse=True)
+        assert len(matrix) <= most

@@ -316,3 +316,106 @@ def test_a_detector_failing_every_frame_is_reported_sparingly_and_handed_over(de
     reported = [d["in_a_row"] for k, d in out.events if k == "inference_failed"]
     assert reported[:2] == [1, 10] and failing == ["EdgeTPU usb:0: device disconnected"]
     assert all(p.detector is b for p in out.items[n:])
+
+
+def test_each_result_is_its_own_frames_with_requests_overlapping(detectors):
+    """Frames prepared while others run (max_in_flight 2), decoded on the emit thread: each
+    frame's detections are exactly what the detector finds on that frame alone."""
+    a, _ = detectors
+    assert a.backend.max_in_flight >= 2
+    out = Collector()
+    pipe = Pipeline(SyntheticSource("synthetic:12", 320, 240, frames=30), "every", out.result, out.event)
+    pipe.start(a)
+    wait_for(lambda: pipe.ended.is_set() and len(out.items) == 30)
+    pipe.stop()
+    assert [p.number for p in out.items] == list(range(30))
+    for p in out.items:
+        assert p.detections == a.detect(p.frame.image).detections, f"frame {p.number}"
+    assert sum(1 for p in out.items if p.detections) >= 20
+
+
+def test_decoding_runs_on_the_emit_thread_and_its_failures_count_in_frame_order(detectors, monkeypatch):
+    """A frame whose outputs cannot be decoded is reported and skipped like one the backend
+    fails; a success ends a run of failures, and only the 1st, 10th... of a run is reported."""
+    a, _ = detectors
+    out = Collector()
+    threads = set()
+    real_decode = a.decode
+    failing_frames = {5, 6, 7, 20}
+    calls = [0]
+
+    def decode(outputs: Any, transform: Any) -> Any:
+        # called once per frame, in frame order: the n-th call decodes frame n
+        threads.add(threading.current_thread().name)
+        n, calls[0] = calls[0], calls[0] + 1
+        if n in failing_frames:
+            raise ValueError(f"bad outputs {n}")
+        return real_decode(outputs, transform)
+
+    monkeypatch.setattr(a, "decode", decode)
+    pipe = Pipeline(SyntheticSource("synthetic:13", 320, 240, frames=40), "every", out.result, out.event)
+    pipe.start(a)
+    wait_for(lambda: pipe.ended.is_set() and len(out.items) == 36)
+    pipe.stop()
+    assert threads == {"edge-agent-emit"}
+    assert [p.number for p in out.items] == [n for n in range(40) if n not in failing_frames]
+    reported = [(d["frame"], d["in_a_row"]) for k, d in out.events if k == "inference_failed"]
+    assert reported == [(5, 1), (20, 1)]
+    assert pipe.stats.processed == 36
+
+
+def test_a_detector_whose_outputs_never_decode_is_handed_over(detectors, monkeypatch):
+    a, b = detectors
+    out = Collector()
+    failing: List[Any] = []
+    pipe = Pipeline(
+        SyntheticSource("synthetic:14", 320, 240, fps=200, frames=200),
+        "every",
+        out.result,
+        out.event,
+        on_failing=lambda detector, reason: failing.append((detector, reason)),
+        failure_limit=10,
+    )
+
+    def broken(outputs: Any, transform: Any) -> Any:
+        raise ValueError("the outputs make no sense")
+
+    pipe.start(a)
+    wait_for(lambda: len(out.items) >= 5)
+    monkeypatch.setattr(a, "decode", broken)
+    wait_for(lambda: len(failing) == 1)
+    pipe.swap(b)
+    n = len(out.items)
+    wait_for(lambda: pipe.ended.is_set() and len(out.items) > n + 20)
+    pipe.stop()
+    assert failing == [(a, "the outputs make no sense")]
+    reported = [d["in_a_row"] for k, d in out.events if k == "inference_failed"]
+    assert reported[:2] == [1, 10]
+    assert all(p.detector is b for p in out.items[n:])
+    numbers = [p.number for p in out.items]
+    assert numbers == sorted(numbers)
+
+
+def test_outputs_waiting_for_a_stuck_publisher_are_bounded_in_bytes(detectors, monkeypatch):
+    """Raw outputs queue for the emit thread up to RESULTS_BYTES (always at least one frame);
+    past it the inference thread waits, and nothing is lost once publishing goes on."""
+    from edge_agent.service import pipeline as pipeline_module
+
+    a, _ = detectors
+    monkeypatch.setattr(pipeline_module, "RESULTS_BYTES", 1)
+    gate = threading.Event()
+    out = Collector()
+
+    def stuck(p: Processed) -> None:
+        gate.wait()
+        out.result(p)
+
+    pipe = Pipeline(SyntheticSource("synthetic:15", 320, 240, frames=30), "every", stuck, out.event)
+    pipe.start(a)
+    wait_for(lambda: pipe._results.qsize() == 1, what="a frame queued behind the stuck one")
+    holds_for(lambda: pipe._results.qsize() == 1, 0.5, what="no second frame queued")
+    gate.set()
+    wait_for(lambda: pipe.ended.is_set() and len(out.items) == 30)
+    pipe.stop()
+    assert [p.number for p in out.items] == list(range(30))
+    assert pipe._queued_bytes == 0

@@ -111,3 +111,58 @@ def test_preprocessor_refuses_size_mismatch() -> None:
 def test_layout_ambiguity_is_an_error() -> None:
     with pytest.raises(BackendError, match="cannot tell where the channels are"):
         _ = TensorSpec("x", (1, 4, 8, 4), np.dtype(np.float32)).layout
+
+
+def reference_tensor(p: Preprocessor, frame: np.ndarray) -> np.ndarray:
+    """The plain numpy way: place, colour, table look-up per element, layout."""
+    placed, _ = place(frame, p.width, p.height, p.spec.resize, p.spec.pad_value)
+    if p.spec.color == "rgb" and not p.tensor.takes_bgr_frame:
+        placed = placed[..., ::-1]
+    values = placed if p.tensor.takes_bgr_frame else p.lut[placed]
+    if p.nchw:
+        values = values.transpose(2, 0, 1)
+    return values[None]
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "scale", "zp", "rng", "color"),
+    [
+        ((1, 96, 128, 3), np.uint8, 1 / 255, 0, (0, 1), "rgb"),  # the table is the identity
+        ((1, 96, 128, 3), np.uint8, 1 / 255, 0, (0, 1), "bgr"),
+        ((1, 96, 128, 3), np.int8, 1 / 255, -128, (0, 1), "rgb"),
+        ((1, 96, 128, 3), np.float32, None, 0, (-1, 1), "rgb"),
+        ((1, 96, 128, 3), np.float16, None, 0, (0, 1), "bgr"),
+        ((1, 3, 96, 128), np.float32, None, 0, (0, 1), "rgb"),
+    ],
+)
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_preprocessor_matches_the_plain_numpy_way_and_returns_new_arrays(
+    shape: tuple, dtype: type, scale: float, zp: int, rng: tuple, color: str, resize: str
+) -> None:
+    p = Preprocessor(
+        spec(width=128, height=96, color=color, range=rng, resize=resize, pad_value=114),
+        TensorSpec("x", shape, np.dtype(dtype), scale, zp),
+    )
+    frames = np.random.default_rng(3).integers(0, 256, (5, 480, 640, 3), dtype=np.uint8)
+    other = np.random.default_rng(4).integers(0, 256, (333, 100, 3), dtype=np.uint8)
+    kept = []
+    for frame in [frames[0], frames[1], other, frames[2], other[:96, :128], frames[3]]:  # sizes change
+        tensor, transform = p(frame)
+        expected = reference_tensor(p, frame)
+        assert tensor.dtype == expected.dtype and tensor.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(tensor, expected)
+        assert transform == place(frame, 128, 96, resize, 114)[1]
+        kept.append((tensor, expected))
+    # A tensor handed out earlier (one a runtime may still read) is never written again.
+    for tensor, expected in kept:
+        np.testing.assert_array_equal(tensor, expected)
+
+
+def test_xyxy_to_frame_undoes_the_placement_and_clips() -> None:
+    _, t = place(np.zeros((480, 640, 3), np.uint8), 320, 320, "letterbox", 114)
+    assert (t.pad_x, t.pad_y, t.scale_x) == (0.0, 40.0, 0.5)
+    # x: v * 320 / 0.5 / 640 = v; y: (v * 320 - 40) / 0.5 / 480
+    assert t.xyxy_to_frame(0.25, 0.125, 0.5, 0.875) == (0.25, 0.0, 0.5, 1.0)
+    assert t.xyxy_to_frame(-0.5, 0.25, 1.5, 0.5) == (0.0, (80 - 40) / 0.5 / 480, 1.0, (160 - 40) / 0.5 / 480)
+    b = t.to_frame(Box(0.1, 0.2, 0.6, 0.9))
+    assert (b.xmin, b.ymin, b.xmax, b.ymax) == t.xyxy_to_frame(0.1, 0.2, 0.6, 0.9)
