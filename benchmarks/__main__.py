@@ -103,6 +103,11 @@ def measure(root: Path, rounds: int, seconds: float, quick: bool, trainer: bool 
             figures["bare_rss_mb"] = {
                 f"{m} {b}": loops.bare_peak_rss_mb(b, bundles[m]) for m in bundles for b in BACKENDS
             }
+            figures["imports_rss_mb"] = {
+                f"{m} {b}": loops.bare_peak_rss_mb(b, bundles[m], agent_imports=True)
+                for m in bundles
+                for b in BACKENDS
+            }
             figures["deploy"] = {}
             for label, camera_fps in (("saturated", 1000.0), ("camera", MAX_CAMERA_FPS)):
                 say(f"deploy during a run ({label})")

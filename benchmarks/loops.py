@@ -125,10 +125,13 @@ for line in open("/proc/self/status"):
 """
 
 
-def bare_peak_rss_mb(runtime: str, bundle: Path, runs: int = 50) -> float:
+def bare_peak_rss_mb(runtime: str, bundle: Path, runs: int = 50, agent_imports: bool = False) -> float:
     """Peak RSS (MiB) of a script that only loads the bundle's model in ``runtime`` and runs it
-    (OpenVINO reads the IR, or the ONNX file when there is none)."""
+    (OpenVINO reads the IR, or the ONNX file when there is none); with ``agent_imports``, after
+    importing what ``edge-agent run`` imports (the floor under the service's own memory)."""
     script = {"tflite": _BARE_TFLITE, "openvino": _BARE_OPENVINO}[runtime] + _PEAK
+    if agent_imports:
+        script = "import edge_agent.cli, edge_agent.service.agent\n" + script
     names = {"tflite": ["model_int8.tflite"], "openvino": ["model_fp16.xml", "model.onnx"]}[runtime]
     model = next(bundle / n for n in names if (bundle / n).exists())
     out = subprocess.run(

@@ -281,6 +281,7 @@ def swap_gaps(messages: List[Message], deploy: Dict[str, Any]) -> Dict[str, Any]
         "versions": sorted(set(versions)),
         "switches": switches,
         "median_gap_ms": round(float(np.median(before)), 2) if before.size else float("nan"),
+        "largest_gap_before_ms": round(float(before.max()), 2) if before.size else float("nan"),
         "largest_gap_ms": round(float(gaps[during].max()), 2) if during.any() else float("nan"),
         "largest_arrival_gap_ms": round(float(arrivals.max()), 2) if arrivals.size else float("nan"),
         "deploy_s": round(deploy["ended"] - deploy["sent"], 2),

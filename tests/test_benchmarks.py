@@ -151,7 +151,7 @@ def test_report_takes_medians_of_per_round_ratios_and_marks_the_goals() -> None:
     assert "| demo tflite/video | 100.0 | 50.0 | 90.0 | 0.95 ✓ | 1.80 ✓ | 0 |" in text
     assert "| demo tflite | 30.0 | 10.00 | 5.0 | 9.0 ✓ | 40.0 |" in text  # p99 against 2 x 10 + 20
     assert "| 10 | 100.0 | 92.0 | 0.92 ✓ | 0 |" in text
-    assert "2.50 ✗" in text  # the deploy's gap: 25 ms against a 10 ms median
-    assert "50.0 ✓" in text  # 150 MiB against a 100 MiB bare script
+    assert "| 10.00 | n/a | 25.00 | 2.50 ✗ |" in text  # the deploy's gap: 25 ms against a 10 ms median
+    assert "| n/a | 50.0 ✓ |" in text  # 150 MiB against a 100 MiB bare script
     assert "no TensorFlow" in text
     assert math.isnan(report._median([float("nan")]))
