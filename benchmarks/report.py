@@ -203,7 +203,7 @@ def trainer_table(fig: Figures) -> str:
     tr = fig.get("trainer") or {}
     if "skipped" in tr:
         return f"(trainer not measured: {tr['skipped']})"
-    rows = [[key, _value(value)] for key, value in tr.items()]
+    rows = [[key, _value(value)] for key, value in tr.items() if key != "bundle"]  # a temporary path
     return _table(["trainer", "value"], rows)
 
 
