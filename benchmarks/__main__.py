@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,16 +33,7 @@ def build_models(root: Path, world: World) -> Dict[str, Path]:
     signed by the world's operator key as a release would be."""
     say("building Tiny YOLOv2 (import-darknet, export)")
     out = root / models.TINY_YOLOV2
-    built = subprocess.run(
-        [sys.executable, "-m", "benchmarks.models", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"building Tiny YOLOv2 failed:\n{built.stderr[-3000:]}")
+    loops.run_python(["-m", "benchmarks.models", str(out)], "building Tiny YOLOv2", 900, cwd=REPO)
     bundle = out / "bundle"
     key = load_private_key(world.root / "op.key")
     (bundle / SIGNATURE).write_bytes(sign((bundle / MANIFEST).read_bytes(), key))

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, List, Optional
 
 import cv2
 import numpy as np
@@ -134,16 +134,19 @@ def bare_peak_rss_mb(runtime: str, bundle: Path, runs: int = 50, agent_imports: 
         script = "import edge_agent.cli, edge_agent.service.agent\n" + script
     names = {"tflite": ["model_int8.tflite"], "openvino": ["model_fp16.xml", "model.onnx"]}[runtime]
     model = next(bundle / n for n in names if (bundle / n).exists())
+    out = run_python(["-c", script, str(model), str(runs)], f"the bare {runtime} script", 300)
+    return float(out.strip().splitlines()[-1])
+
+
+def run_python(args: List[str], what: str, timeout: float, cwd: Optional[Path] = None) -> str:
+    """``python ARGS`` in a fresh interpreter (this one's); its stdout, or RuntimeError with
+    the end of its stderr."""
     out = subprocess.run(
-        [sys.executable, "-c", script, str(model), str(runs)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
     if out.returncode != 0:
-        raise RuntimeError(f"the bare {runtime} script failed: {out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
+    return out.stdout
 
 
 def open_bench_detector(bundle: Path, backend: str, options: Optional[dict] = None) -> Detector:
@@ -152,8 +155,3 @@ def open_bench_detector(bundle: Path, backend: str, options: Optional[dict] = No
     detector, _ = open_detector(str(bundle), backend, options=options)
     detector.warm()
     return detector
-
-
-def describe_detector(detector: Detector) -> Any:
-    art = detector.backend.artifact
-    return {"backend": detector.backend.name, "artifact": art.file if art else None}

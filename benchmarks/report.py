@@ -43,7 +43,6 @@ def throughput(fig: Figures) -> Dict[str, Dict[str, float]]:
             "service": _median(service),
             "c/a": _median([s / a for s, a in zip(service, case["raw"])]),
             "c/b": _median([s / b for s, b in zip(service, case["naive"])]),
-            "inference_ms": _median([s["inference_ms"] for s in case["service"]]),
             "lost": sum(s["lost"] for s in case["service"]),
         }
     return out

@@ -67,10 +67,6 @@ class Arrivals:
             items, self._items = self._items, []
         return items
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self._items)
-
     def first_at(self) -> Optional[float]:
         with self._lock:
             return self._items[0][0] if self._items else None

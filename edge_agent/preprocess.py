@@ -155,6 +155,15 @@ def _resize_into(image: np.ndarray, out: np.ndarray) -> None:
     _into(cv2.resize(image, (w, h), dst=out, interpolation=cv2.INTER_LINEAR), out)
 
 
+def _canvas(
+    image: np.ndarray, g: _Geometry, width: int, height: int, pad_value: int, dtype: np.dtype
+) -> np.ndarray:
+    """A new ``[1, height, width, C]`` array of ``pad_value`` with ``image`` resized into its place."""
+    out = np.full((1, height, width) + image.shape[2:], pad_value, dtype)
+    _resize_into(image, out[0, g.top : g.top + g.height, g.left : g.left + g.width])
+    return out
+
+
 def place(
     image: np.ndarray, width: int, height: int, resize: str, pad_value: int
 ) -> Tuple[np.ndarray, Transform]:
@@ -163,9 +172,7 @@ def place(
     g = _geometry(fw, fh, width, height, resize)
     if (g.width, g.height) == (width, height) and (fw, fh) == (width, height):
         return image, g.transform
-    out = np.full((height, width) + image.shape[2:], pad_value, image.dtype)
-    _resize_into(image, out[g.top : g.top + g.height, g.left : g.left + g.width])
-    return out, g.transform
+    return _canvas(image, g, width, height, pad_value, image.dtype)[0], g.transform
 
 
 def _into(done: np.ndarray, out: np.ndarray) -> None:
@@ -215,8 +222,7 @@ class Preprocessor:
         fh, fw = frame_bgr.shape[:2]
         g = self._geometry(fw, fh)
         h, w = self.height, self.width
-        placed = np.full((1, h, w, 3), self.spec.pad_value, np.uint8)
-        _resize_into(frame_bgr, placed[0, g.top : g.top + g.height, g.left : g.left + g.width])
+        placed = _canvas(frame_bgr, g, w, h, self.spec.pad_value, np.dtype(np.uint8))
         if self.tensor.takes_bgr_frame or (self._identity and not self._rgb and not self.nchw):
             return placed, g.transform
         if self._identity and not self.nchw:  # only the colour order changes
